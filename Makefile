@@ -1,0 +1,40 @@
+# The two commands of the README:  make demo  (the whole pipeline on the embedded default world)
+#                                   make test  (the test suite)
+# Both create .venv and install the pinned stack on first use; later runs skip the install.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORLD  ?= demo
+
+export TF_USE_LEGACY_KERAS := 1
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export PYTHONHASHSEED := 0
+
+.PHONY: demo test install constraints clean-data
+
+demo: $(STAMP)
+	$(PY) -m experiments.simulate --config experiments/configs/world/$(WORLD).yaml --out data/$(WORLD) --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+install: $(STAMP)
+
+# The install is redone only when setup.py or constraints.txt change.
+$(STAMP): setup.py constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	touch $(STAMP)
+
+# Re-resolve the pinned set after changing the extras in setup.py.
+constraints: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.new
+	{ head -2 constraints.txt; cat constraints.new; } > constraints.txt && rm constraints.new
+
+clean-data:
+	rm -rf data exports
