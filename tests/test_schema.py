@@ -1,0 +1,394 @@
+"""Table contracts: valid tables pass with canonical dtypes; each kind of bad input names table, column, problem."""
+
+import datetime as dt
+import io
+import pickle
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from feature_store.schema import (
+    EMBEDDING, TABLES, TIMESTAMP, SchemaError, read_table, validate, write_table,
+)
+
+
+def tiny_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def valid_columns(table_name: str, n: int = 3) -> dict:
+    """Plain-Python columns of a small valid table (rows differ in every key)."""
+    ids = list(range(1, n + 1))
+    ts = [T0 + dt.timedelta(hours=i) for i in range(n)]
+    labels = [i % 3 for i in range(n)]
+    embedding = [[float(i), 0.5, -1.0, 2.0] for i in range(n)]
+    return {
+        "products": dict(product_id=ids, title=[f"milk {i}" for i in ids], aisle=["dairy"] * n,
+                         brand=["acme"] * n, store_id=[7] * n, price=[1.5] * n, image=[tiny_png()] * n,
+                         created_ts=ts),
+        "queries": dict(query_id=ids, query_text=[f"query {i}" for i in ids]),
+        "relevance": dict(query_id=[1] * n, product_id=ids, label=labels, source=["llm"] * n),
+        "impressions": dict(impression_id=ids, request_id=ids, ts=ts, user_id=ids, query_id=ids,
+                            product_id=ids, ad_id=ids, campaign_id=ids, advertiser_id=ids,
+                            position=[1, 2, 3][:n] + [4] * (n - 3), device=["ios"] * n, price=[2.0] * n,
+                            discount=[0.0, 0.5, 1.0][:n] + [0.1] * (n - 3), rating=[4.5] * n,
+                            rating_count=[10] * n, store_distance_km=[0.3] * n, click=[i % 2 for i in ids],
+                            conversion=[0] * n),
+        "purchases": dict(user_id=[1] * n, product_id=[1] * n, ts=ts, quantity=[1] * n),
+        "impression_truth": dict(impression_id=ids, click_prob=[0.1] * n, true_label=labels),
+        "relevance_truth": dict(query_id=[1] * n, product_id=ids, true_label=labels),
+        "product_truth": dict(product_id=ids, type_id=ids, type_name=["milk"] * n, aisle_id=[1] * n,
+                              ambiguity=["none", "title", "image"][:n] + ["none"] * (n - 3)),
+        "query_truth": dict(query_id=ids, intent=["type", "brand_type", "aisle"][:n] + ["broad"] * (n - 3),
+                            target=["milk"] * n, weight=[1.0] * n, level=[0] * n),
+        "product_embeddings": dict(product_id=ids, embedding=embedding, model_version=["v1"] * n),
+        "query_embeddings": dict(query_id=ids, embedding=embedding, model_version=["v1"] * n),
+    }[table_name]
+
+
+def valid_table(table_name: str, n: int = 3, **overrides) -> pa.Table:
+    """A valid arrow table with the canonical schema; `overrides` replace columns (arrays or lists)."""
+    columns = valid_columns(table_name, n)
+    table = pa.table(columns, schema=TABLES[table_name].arrow_schema)
+    for name, values in overrides.items():
+        if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = pa.array(values, type=TABLES[table_name].column(name).dtype)
+        table = table.set_column(table.column_names.index(name), name, values)
+    return table
+
+
+def raises(table_name, data, column, match, **kwargs) -> SchemaError:
+    with pytest.raises(SchemaError, match=match) as info:
+        validate(table_name, data, **kwargs)
+    err = info.value
+    assert err.table == table_name and err.column == column, str(err)
+    assert f"table '{table_name}'" in str(err) and f"column '{column}'" in str(err)
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Valid tables
+
+
+@pytest.mark.parametrize("table_name", sorted(TABLES))
+def test_valid_tables_pass_with_canonical_dtypes(table_name):
+    schema = TABLES[table_name]
+    out = validate(table_name, valid_table(table_name))
+    assert out.schema == schema.arrow_schema
+    assert out.num_rows == 3
+    assert out.schema.metadata is None
+
+
+def test_declared_tables():
+    assert set(TABLES) == {
+        "products", "queries", "relevance", "impressions", "purchases", "impression_truth", "relevance_truth",
+        "product_truth", "query_truth", "product_embeddings", "query_embeddings"}
+    assert TABLES["relevance"].keys == ("query_id", "product_id")
+    assert TABLES["purchases"].keys == ("user_id", "product_id", "ts")
+    assert {n for n, t in TABLES.items() if t.hidden} == {
+        "impression_truth", "relevance_truth", "product_truth", "query_truth"}
+    assert TABLES["products"].column("created_ts").dtype == TIMESTAMP
+    assert TABLES["query_embeddings"].column("embedding").dtype == EMBEDDING
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        TABLES["products"].column("nope")
+
+
+def test_pandas_dataframe_is_accepted():
+    df = valid_table("products").to_pandas()
+    out = validate("products", df)
+    assert out.schema == TABLES["products"].arrow_schema
+    assert out.equals(valid_table("products"))
+
+
+def test_empty_table_is_valid():
+    out = validate("impressions", valid_table("impressions").slice(0, 0))
+    assert out.num_rows == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: each error names the table, the column and the problem
+
+
+def test_unknown_table():
+    with pytest.raises(SchemaError, match=r"table 'prodcuts'.*unknown table.*products") as info:
+        validate("prodcuts", valid_table("products"))
+    assert info.value.column is None
+
+
+def test_missing_column():
+    raises("queries", valid_table("queries").drop_columns(["query_text"]), "query_text", "missing column")
+
+
+def test_source_is_in_the_message():
+    err = raises("queries", valid_table("queries").drop_columns(["query_text"]), "query_text",
+                 r"\(data/demo/raw/queries\)", source="data/demo/raw/queries")
+    assert err.source == "data/demo/raw/queries"
+
+
+def test_string_ids_are_a_dtype_error():
+    table = valid_table("queries", query_id=pa.array(["1", "2", "3"]))
+    raises("queries", table, "query_id", r"dtype string, expected int64")
+
+
+def test_float_ids_are_a_dtype_error():
+    table = valid_table("queries", query_id=pa.array([1.0, 2.0, 3.0]))
+    raises("queries", table, "query_id", r"dtype double, expected int64")
+
+
+def test_int_where_string_expected_is_a_dtype_error():
+    table = valid_table("queries", query_text=pa.array([1, 2, 3]))
+    raises("queries", table, "query_text", r"dtype int64, expected string")
+
+
+def test_int64_not_fitting_int8():
+    table = valid_table("relevance", label=pa.array([0, 1, 300], pa.int64()))
+    raises("relevance", table, "label", r"1 values do not fit int8.*e\.g\. 300")
+
+
+def test_int64_fitting_int8_is_narrowed():
+    out = validate("relevance", valid_table("relevance", label=pa.array([0, 1, 2], pa.int64())))
+    assert out.schema.field("label").type == pa.int8()
+    assert out.column("label").to_pylist() == [0, 1, 2]
+
+
+def test_tz_naive_timestamp():
+    naive = pa.array([dt.datetime(2024, 1, 1)] * 3, pa.timestamp("us"))
+    raises("products", valid_table("products", created_ts=naive), "created_ts", "UTC time zone is required")
+
+
+def test_timestamp_losing_precision():
+    ns = pa.array([1_000_000_001] * 3, pa.timestamp("ns", tz="UTC"))
+    raises("products", valid_table("products", created_ts=ns), "created_ts", "sub-microsecond")
+
+
+def test_null_key():
+    table = valid_table("queries", query_id=[1, None, 3])
+    raises("queries", table, "query_id", "1 null key values")
+
+
+def test_null_in_non_nullable_column():
+    table = valid_table("products", aisle=["dairy", None, None])
+    raises("products", table, "aisle", "2 null values")
+
+
+def test_nan_in_float_column():
+    table = valid_table("impressions", rating=[4.0, float("nan"), 3.0])
+    raises("impressions", table, "rating", "1 NaN values")
+
+
+def test_duplicate_single_key():
+    table = valid_table("queries", query_id=[1, 2, 2])
+    raises("queries", table, "query_id", r"1 duplicate keys \(e\.g\. query_id=2 appears 2 times\)")
+
+
+def test_duplicate_composite_key():
+    table = valid_table("relevance", product_id=[5, 5, 6])
+    err = raises("relevance", table, "query_id, product_id",
+                 r"1 duplicate keys \(e\.g\. query_id=1, product_id=5 appears 2 times\)")
+    assert err.problem.startswith("1 duplicate keys")
+
+
+def test_same_product_in_different_queries_is_not_a_duplicate():
+    validate("relevance", valid_table("relevance", query_id=[1, 2, 3], product_id=[5, 5, 5]))
+
+
+def test_label_outside_allowed_set():
+    table = valid_table("relevance", label=[0, 3, 1])
+    err = raises("relevance", table, "label", r"1 values outside \{0, 1, 2\} \(e\.g\. 3\)",
+                 source="data/demo/raw/relevance")
+    assert str(err) == ("table 'relevance' (data/demo/raw/relevance): column 'label': "
+                        "1 values outside {0, 1, 2} (e.g. 3)")
+
+
+def test_click_outside_allowed_set():
+    raises("impressions", valid_table("impressions", click=[0, 2, 1]), "click", r"outside \{0, 1\} \(e\.g\. 2\)")
+
+
+def test_string_outside_allowed_set():
+    table = valid_table("product_truth", ambiguity=["none", "smell", "title"])
+    raises("product_truth", table, "ambiguity", r"1 values outside .* \(e\.g\. 'smell'\)")
+
+
+def test_negative_price():
+    raises("products", valid_table("products", price=[1.0, -2.5, 3.0]), "price",
+           r"1 values below the minimum 0\.0 \(e\.g\. -2\.5\)")
+
+
+def test_value_above_maximum():
+    raises("impressions", valid_table("impressions", discount=[0.0, 1.5, 0.2]), "discount",
+           r"1 values above the maximum 1\.0 \(e\.g\. 1\.5\)")
+
+
+def test_position_below_one():
+    raises("impressions", valid_table("impressions", position=[0, 1, 2]), "position", "below the minimum 1")
+
+
+def test_empty_title():
+    raises("products", valid_table("products", title=["milk", "", "eggs"]), "title", "1 empty values")
+
+
+def test_blank_query_text():
+    raises("queries", valid_table("queries", query_text=["milk", "   ", "eggs"]), "query_text",
+           r"1 empty values \(after stripping whitespace\)")
+
+
+def test_bad_png_bytes():
+    table = valid_table("products", image=[tiny_png(), b"GIF89a....", tiny_png()])
+    raises("products", table, "image", r"1 values do not start with the signature.*GIF89a")
+
+
+def test_empty_image_bytes():
+    raises("products", valid_table("products", image=[tiny_png(), b"", tiny_png()]), "image", "1 empty values")
+
+
+def test_embedding_rows_of_different_lengths():
+    table = valid_table("product_embeddings", embedding=[[0.0, 1.0], [0.0, 1.0], [0.0, 1.0, 2.0]])
+    raises("product_embeddings", table, "embedding", r"different lengths.*common length 2.*length 3")
+
+
+def test_embedding_dim_mismatch():
+    table = valid_table("query_embeddings")  # length 4
+    raises("query_embeddings", table, "embedding", r"expected embedding_dim 8, got length 4 in 3 rows",
+           embedding_dim=8)
+    assert validate("query_embeddings", table, embedding_dim=4).num_rows == 3
+
+
+def test_nan_in_embedding():
+    table = valid_table("query_embeddings", embedding=[[0.0, 1.0], [np.nan, 1.0], [0.0, 1.0]])
+    raises("query_embeddings", table, "embedding", "1 NaN embedding components")
+
+
+def test_error_pickles():
+    err = SchemaError("queries", "query_id", "1 null key values", "x/y")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.table, back.column, back.problem, back.source, str(back)) == (
+        err.table, err.column, err.problem, err.source, str(err))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Allowed normalisations
+
+
+def test_int32_ids_become_int64():
+    out = validate("queries", valid_table("queries", query_id=pa.array([1, 2, 3], pa.int32())))
+    assert out.schema.field("query_id").type == pa.int64()
+    assert out.column("query_id").to_pylist() == [1, 2, 3]
+
+
+def test_float64_price_becomes_float32():
+    out = validate("products", valid_table("products", price=pa.array([1.25, 2.5, 3.0], pa.float64())))
+    assert out.schema.field("price").type == pa.float32()
+    assert out.column("price").to_pylist() == [1.25, 2.5, 3.0]
+
+
+def test_float64_overflowing_float32_is_an_error():
+    table = valid_table("products", price=pa.array([1.0, 1e39, 3.0], pa.float64()))
+    raises("products", table, "price", "1 values overflow float")
+
+
+def test_ms_timestamps_become_us():
+    ms = pa.array([T0 + dt.timedelta(milliseconds=i) for i in range(3)], pa.timestamp("ms", tz="UTC"))
+    out = validate("products", valid_table("products", created_ts=ms))
+    assert out.schema.field("created_ts").type == TIMESTAMP
+    assert out.column("created_ts").to_pylist() == ms.to_pylist()
+
+
+def test_berlin_time_becomes_utc_with_the_same_instant():
+    berlin = pd.Series(pd.to_datetime(["2024-03-31 01:30", "2024-07-01 12:00", "2024-12-24 18:00"]))
+    berlin = berlin.dt.tz_localize("Europe/Berlin")
+    df = valid_table("products").to_pandas()
+    df["created_ts"] = berlin
+    out = validate("products", df)
+    assert out.schema.field("created_ts").type == TIMESTAMP
+    got = out.column("created_ts").to_pandas()
+    assert (got == berlin.dt.tz_convert("UTC")).all()
+    assert got[1] == pd.Timestamp("2024-07-01 10:00", tz="UTC")
+
+
+def test_large_string_binary_and_embedding_variants_are_normalised():
+    products = valid_table("products", title=pa.array(["a", "b", "c"], pa.large_string()),
+                           image=pa.array([tiny_png()] * 3, pa.large_binary()))
+    assert validate("products", products).schema == TABLES["products"].arrow_schema
+    for kind in (pa.list_(pa.float32(), 4), pa.large_list(pa.float32()), pa.list_(pa.float64())):
+        emb = pa.array(valid_columns("product_embeddings")["embedding"], kind)
+        out = validate("product_embeddings", valid_table("product_embeddings", embedding=emb))
+        assert out.schema.field("embedding").type == EMBEDDING
+        assert out.column("embedding").to_pylist() == valid_columns("product_embeddings")["embedding"]
+
+
+def test_extra_columns_are_kept_after_schema_columns():
+    table = valid_table("queries").append_column("lang", pa.array(["en", "de", "fr"]))
+    table = table.select(["lang", "query_text", "query_id"])  # any input order
+    out = validate("queries", table)
+    assert out.column_names == ["query_id", "query_text", "lang"]
+    assert out.column("lang").to_pylist() == ["en", "de", "fr"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def test_write_read_round_trip_two_parts(tmp_path):
+    folder = tmp_path / "raw" / "impressions"
+    full = valid_table("impressions", n=6)
+    assert write_table("impressions", full.slice(0, 4), folder, part=0) == folder / "part-00000.parquet"
+    write_table("impressions", full.slice(4), folder, part=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    back = read_table("impressions", folder)
+    assert back.equals(full)
+    single = read_table("impressions", folder / "part-00001.parquet")
+    assert single.equals(full.slice(4))
+
+
+def test_read_selected_columns(tmp_path):
+    folder = tmp_path / "relevance"
+    write_table("relevance", valid_table("relevance"), folder)
+    out = read_table("relevance", folder, columns=["label"])
+    assert out.column_names == ["query_id", "product_id", "label"]
+    with pytest.raises(SchemaError, match="missing column") as info:
+        read_table("relevance", folder, columns=["label", "labeler"])
+    assert info.value.column == "labeler"
+    pq.write_table(valid_table("relevance").drop_columns(["source"]), tmp_path / "no_source.parquet")
+    assert read_table("relevance", tmp_path / "no_source.parquet", columns=["label"]).num_rows == 3
+    with pytest.raises(SchemaError, match="missing column") as info:
+        read_table("relevance", tmp_path / "no_source.parquet", columns=["source"])
+    assert info.value.column == "source"
+
+
+def test_read_validates_the_files(tmp_path):
+    folder = tmp_path / "relevance"
+    folder.mkdir()
+    pq.write_table(valid_table("relevance").set_column(2, "label", pa.array([0, 5, 1], pa.int8())),
+                   folder / "part-00000.parquet")
+    with pytest.raises(SchemaError, match=r"column 'label': 1 values outside") as info:
+        read_table("relevance", folder)
+    assert info.value.source == str(folder)
+
+
+def test_write_is_byte_deterministic(tmp_path):
+    table = valid_table("products", n=5)
+    a = write_table("products", table, tmp_path / "a").read_bytes()
+    b = write_table("products", table.to_pandas(), tmp_path / "b").read_bytes()
+    assert a == b
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_write_rejects_invalid_data(tmp_path):
+    with pytest.raises(SchemaError, match="label"):
+        write_table("relevance", valid_table("relevance", label=[0, 1, 9]), tmp_path / "relevance")
+    assert not (tmp_path / "relevance" / "part-00000.parquet").exists()
+
+
+def test_read_missing_folder(tmp_path):
+    missing = tmp_path / "nowhere" / "products"
+    with pytest.raises(FileNotFoundError, match=r"products.*nowhere"):
+        read_table("products", missing)
