@@ -1,0 +1,36 @@
+"""Shared fixtures: worlds generated once per test session into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD_CONFIGS = ROOT / "experiments" / "configs" / "world"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    from experiments.config import load_config
+    from experiments.simulate import simulate
+    from experiments.world import WorldConfig
+
+    out = tmp_path_factory.mktemp("worlds") / name
+    simulate(load_config(WorldConfig, WORLD_CONFIGS / f"{name}.yaml"), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/<tiny>: the tiny world, generated once."""
+    return _world(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo world (the embedded default), generated once; its promises are tested on it."""
+    return _world(tmp_path_factory, "demo")
