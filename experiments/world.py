@@ -10,6 +10,7 @@ query text) generalises to new products and tail queries.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -395,6 +396,9 @@ def build_queries(world: World) -> None:
             text, members = broad[rng.integers(len(broad))]
             add(f"{text} {mod}", 2, "broad", aisles=members)
 
+    if len(seen) < cfg.n_queries:
+        warnings.warn(f"WorldConfig.n_queries={cfg.n_queries}: the query grammar yields only {len(seen)} distinct "
+                      f"texts for types_per_aisle={cfg.types_per_aisle}; the world has {len(seen)} queries")
     texts = list(seen)  # insertion order = level order, shuffled within levels
     rows = [seen[s] for s in texts]
     nq = len(texts)
