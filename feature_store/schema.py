@@ -132,8 +132,38 @@ def _embeddings(name: str, key: str, doc: str) -> TableSchema:
         _key(key),
         Column("embedding", EMBEDDING, doc="L2-normalised embedding; every row has the same length"),
         Column("model_version", pa.string(), doc="the embedding model version that produced the row"),
+        Column("event_ts", TIMESTAMP, doc="when the vector became available (point-in-time joins use it)"),
         doc=doc,
     )
+
+
+# Trailing windows (days) of the historical count features; the training-set contract names them
+# <entity>_<impressions|clicks>_<window>d for each entity in COUNT_ENTITIES.
+COUNT_WINDOWS_DAYS = (1, 7)
+COUNT_ENTITIES = ("product", "query", "ad", "user")
+
+
+def count_feature_names(entity: str) -> tuple[str, ...]:
+    """The count columns of one entity, e.g. product_impressions_1d, product_clicks_1d, product_impressions_7d..."""
+    return tuple(f"{entity}_{kind}_{w}d" for w in COUNT_WINDOWS_DAYS for kind in ("impressions", "clicks"))
+
+
+COUNT_FEATURES = tuple(name for entity in COUNT_ENTITIES for name in count_feature_names(entity))
+
+
+def _feature_table(name: str, key: str, *columns: Column, doc: str) -> TableSchema:
+    """A feature-store table: one row per entity and event time; Feast's point-in-time join serves, for an
+    entity row at time t, the row with the latest event_ts <= t."""
+    return _table(name, _key(key), _key("event_ts", TIMESTAMP, doc="when the row's values take effect"),
+                  *columns, doc=doc)
+
+
+def _count_table(entity: str) -> TableSchema:
+    return _feature_table(
+        f"{entity}_count_features", f"{entity}_id",
+        *(Column(n, pa.float32(), min=0.0) for n in count_feature_names(entity)),
+        doc=f"Impressions and clicks per {entity} over trailing whole UTC days: the row at day D 00:00 counts "
+            f"days D-w..D-1 only (strictly before any time on day D); rows only where a value changes.")
 
 
 TABLES: dict[str, TableSchema] = {
@@ -233,6 +263,67 @@ TABLES: dict[str, TableSchema] = {
         ),
         _embeddings("product_embeddings", "product_id", "Precomputed product embeddings (one model version)."),
         _embeddings("query_embeddings", "query_id", "Precomputed query embeddings (one model version)."),
+        # Feature-store tables (feature_store/derive.py writes them; Feast's feature views read them).
+        _feature_table(
+            "product_embedding_features", "product_id",
+            Column("product_embedding", EMBEDDING),
+            doc="The versioned DashCLIP product vector from the time it became available."),
+        _feature_table(
+            "query_embedding_features", "query_id",
+            Column("query_embedding", EMBEDDING),
+            doc="The versioned DashCLIP query vector from the time it became available."),
+        _feature_table(
+            "user_history_features", "user_id",
+            Column("history_embedding", EMBEDDING, doc="mean product vector of the purchases in the window"),
+            Column("history_count", pa.float32(), min=0.0, doc="purchases in the window (with a product vector)"),
+            doc="Purchase-history embedding: a row at every instant the set of purchases in the trailing window "
+                "changes (a purchase at p counts for times in (p, p + history_days])."),
+        _feature_table(
+            "product_attribute_features", "product_id",
+            Column("aisle", pa.string()),
+            Column("brand", pa.string()),
+            Column("store_id", pa.int64()),
+            Column("price", pa.float32(), min=0.0),
+            Column("created_us", pa.int64(), doc="created_ts in microseconds since the epoch (for the age)"),
+            doc="Catalog attributes, effective from the product's created_ts."),
+        _feature_table(
+            "product_rating_features", "product_id",
+            Column("rating", pa.float32(), min=0.0, max=5.0),
+            Column("rating_count", pa.int32(), min=0),
+            doc="The rating last shown in the impression log, effective 1 microsecond after the impression "
+                "that first showed it (known strictly before later impressions)."),
+        *(_count_table(entity) for entity in COUNT_ENTITIES),
+        _table(
+            "training_set",
+            _key("impression_id"),
+            Column("request_id", pa.int64()),
+            Column("ts", TIMESTAMP),
+            Column("user_id", pa.int64()),
+            Column("query_id", pa.int64()),
+            Column("product_id", pa.int64()),
+            Column("ad_id", pa.int64()),
+            Column("campaign_id", pa.int64()),
+            Column("advertiser_id", pa.int64()),
+            Column("store_id", pa.int64(), doc="0 for an unknown product"),
+            Column("position", pa.int8(), min=1, doc="1 = top slot"),
+            Column("device", pa.string()),
+            Column("aisle", pa.string(), doc="'' for an unknown product"),
+            Column("brand", pa.string(), doc="'' for an unknown product"),
+            Column("price", pa.float32(), min=0.0),
+            Column("discount", pa.float32(), min=0.0, max=1.0),
+            Column("rating", pa.float32(), min=0.0, max=5.0, doc="0 before the product's first impression"),
+            Column("rating_count", pa.int32(), min=0),
+            Column("store_distance_km", pa.float32(), min=0.0),
+            Column("product_age_days", pa.float32(), min=0.0, doc="(ts - created_ts) in days; 0 if unknown"),
+            *(Column(n, pa.float32(), min=0.0) for n in COUNT_FEATURES),
+            Column("history_count", pa.float32(), min=0.0),
+            Column("product_embedding", EMBEDDING, doc="zeros until the product's vector is available"),
+            Column("query_embedding", EMBEDDING, doc="zeros until the query's vector is available"),
+            Column("history_embedding", EMBEDDING, doc="zeros when no purchase is in the window"),
+            Column("click", pa.int8(), allowed=BINARY),
+            Column("conversion", pa.int8(), allowed=BINARY),
+            doc="The pCTR training set: impressions with point-in-time features (python -m feature_store "
+                "training-set); unknown entities get the defaults listed in its metadata.json."),
     ]
 }
 

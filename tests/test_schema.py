@@ -31,6 +31,8 @@ def valid_columns(table_name: str, n: int = 3) -> dict:
     ts = [T0 + dt.timedelta(hours=i) for i in range(n)]
     labels = [i % 3 for i in range(n)]
     embedding = [[float(i), 0.5, -1.0, 2.0] for i in range(n)]
+    if table_name not in _HANDWRITTEN:
+        return _generic_columns(table_name, n)
     return {
         "products": dict(product_id=ids, title=[f"milk {i}" for i in ids], aisle=["dairy"] * n,
                          brand=["acme"] * n, store_id=[7] * n, price=[1.5] * n, image=[tiny_png()] * n,
@@ -50,9 +52,34 @@ def valid_columns(table_name: str, n: int = 3) -> dict:
                               ambiguity=["none", "title", "image"][:n] + ["none"] * (n - 3)),
         "query_truth": dict(query_id=ids, intent=["type", "brand_type", "aisle"][:n] + ["broad"] * (n - 3),
                             target=["milk"] * n, weight=[1.0] * n, level=[0] * n),
-        "product_embeddings": dict(product_id=ids, embedding=embedding, model_version=["v1"] * n),
-        "query_embeddings": dict(query_id=ids, embedding=embedding, model_version=["v1"] * n),
+        "product_embeddings": dict(product_id=ids, embedding=embedding, model_version=["v1"] * n, event_ts=ts),
+        "query_embeddings": dict(query_id=ids, embedding=embedding, model_version=["v1"] * n, event_ts=ts),
     }[table_name]
+
+
+_HANDWRITTEN = {"products", "queries", "relevance", "impressions", "purchases", "impression_truth",
+                "relevance_truth", "product_truth", "query_truth", "product_embeddings", "query_embeddings"}
+
+
+def _generic_columns(table_name: str, n: int) -> dict:
+    """Valid columns for the derived tables (feature-store tables, the training set), from their declarations."""
+    columns = {}
+    for i, col in enumerate(TABLES[table_name].columns):
+        t = col.dtype
+        if col.allowed is not None:
+            values = [sorted(col.allowed)[j % len(col.allowed)] for j in range(n)]
+        elif pa.types.is_timestamp(t):
+            values = [T0 + dt.timedelta(hours=j) for j in range(n)]
+        elif pa.types.is_integer(t):
+            values = [j + 1 for j in range(n)]
+        elif pa.types.is_floating(t):
+            values = [1.0] * n
+        elif pa.types.is_string(t):
+            values = ["x"] * n
+        else:  # embeddings
+            values = [[float(j), 0.5, -1.0, 2.0] for j in range(n)]
+        columns[col.name] = values
+    return columns
 
 
 def valid_table(table_name: str, n: int = 3, **overrides) -> pa.Table:
@@ -91,7 +118,11 @@ def test_valid_tables_pass_with_canonical_dtypes(table_name):
 def test_declared_tables():
     assert set(TABLES) == {
         "products", "queries", "relevance", "impressions", "purchases", "impression_truth", "relevance_truth",
-        "product_truth", "query_truth", "product_embeddings", "query_embeddings"}
+        "product_truth", "query_truth", "product_embeddings", "query_embeddings",
+        # the feature store's tables and the training-set contract
+        "product_embedding_features", "query_embedding_features", "user_history_features",
+        "product_attribute_features", "product_rating_features", "product_count_features", "query_count_features",
+        "ad_count_features", "user_count_features", "training_set"}
     assert TABLES["relevance"].keys == ("query_id", "product_id")
     assert TABLES["purchases"].keys == ("user_id", "product_id", "ts")
     assert {n for n, t in TABLES.items() if t.hidden} == {
