@@ -51,7 +51,7 @@ def _embedding_table(key: str, ids: np.ndarray, emb: np.ndarray, version: str, e
 def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, batch_size: int = 256,
                progress: bool = True) -> Path:
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
-    model: DashClip = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
     model.eval()
     cfg = model.cfg
     version = version or default_version(checkpoint)

@@ -50,17 +50,17 @@ class Stage1Config:
 
 @dataclass(frozen=True)
 class Stage2Config:
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 3e-4
     warmup_steps: int = 20
     init_from: Literal["stage1", "offshelf"] = "stage1"  # "offshelf": stage 2 alone, for the ablation
-    negatives: int = 3  # explicit negative queries per product
+    negatives: int = 2  # explicit negative queries per product
     positive_labels: tuple[int, ...] = (2,)
     negative_labels: tuple[int, ...] = (0, 1)
     negative_weights: tuple[float, ...] = (0.75, 0.25)  # sampling ratio between the negative label types
     in_batch_negatives: bool = True
-    train_product_encoder: bool = False  # False: product side frozen, product_proj trained (fast)
+    train_product_encoder: bool = True  # False: product side frozen, only product_proj trained (fast, weaker)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Run:
         return True
 
     def save_state(self) -> None:
-        save_checkpoint(self.model, self.state_dir, extra_tensors=_optimizer_tensors(self.model, self.opt),
+        save_checkpoint(self.model, self.model.cfg, self.state_dir, extra_tensors=_optimizer_tensors(self.model, self.opt),
                         extra_json={"step": self.step, "history": self.history, "train_fingerprint": self.fingerprint})
 
     def update(self, loss: torch.Tensor) -> None:
@@ -165,7 +165,7 @@ class Run:
         self.step += 1
 
     def finish(self) -> Path:
-        save_checkpoint(self.model, self.final_dir, extra_json={"stage": self.stage, "history": self.history})
+        save_checkpoint(self.model, self.model.cfg, self.final_dir, extra_json={"stage": self.stage, "history": self.history})
         shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.final_dir
 
@@ -300,7 +300,7 @@ def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
         if not (stage1 / "model.safetensors").is_file():
             raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint: {stage1} not found "
                                     f"(run --stage 1 first, or set stage2.init_from=offshelf)")
-        model = load_checkpoint(stage1, expected=cfg.model)
+        model, _ = load_checkpoint(stage1, expected_cfg=cfg.model)
         model.cfg = dataclasses.replace(model.cfg, product_input=cfg.model.product_input)
     model.start_stage2()
     return model
