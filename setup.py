@@ -50,7 +50,7 @@ setup(
     description="DashCLIP multimodal embeddings and a two-tower pCTR ranker for ads, end to end",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["embeddings*", "feature_store*", "ranking*", "experiments*"]),
-    package_data={"experiments": ["configs/**/*.yaml"], "feature_store": ["repo/*.yaml"]},
+    package_data={"experiments": ["configs/**/*.yaml"], "feature_store": ["repo/*.yaml", "repo/*.py", "README.md"]},
     install_requires=BASE,
     extras_require=EXTRAS,
 )

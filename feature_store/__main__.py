@@ -1,0 +1,59 @@
+"""The feature store's command line.
+
+    python -m feature_store build        --data data/<name> --embeddings <version> [--config PATH] [key=value ...]
+    python -m feature_store materialize  --data data/<name> --embeddings <version> [materialize_end=<ISO time>]
+    python -m feature_store training-set --data data/<name> --embeddings <version>
+
+build         raw tables + embedding tables -> feature tables (data/<name>/features/offline/), the rendered Feast
+              repository (data/<name>/features/repo/) and `feast apply` into data/<name>/features/registry.db
+materialize   feature tables -> online store (data/<name>/features/online.db), state as of materialize_end
+              (default: the end of the last split)
+training-set  impressions -> point-in-time features -> data/<name>/training_sets/<version>/{train,valid,test}/
+              and metadata.json
+Configs: experiments/configs/features/<name>.yaml (overrides of feature_store.config.FeatureStoreConfig).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from experiments.config import add_config_args, config_from_args
+from feature_store.config import FeatureStoreConfig
+
+COMMANDS = ("build", "materialize", "training-set")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m feature_store", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("--data", type=Path, required=True, help="the data directory, e.g. data/demo")
+    parser.add_argument("--embeddings", required=True, metavar="VERSION",
+                        help="embedding version: the folder data/<name>/embeddings/<VERSION>/")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
+    cfg = config_from_args(FeatureStoreConfig, args)
+
+    from feature_store.store import FeatureRepo  # imports Feast: after the arguments are known to be good
+
+    repo = FeatureRepo(args.data, args.embeddings, cfg)
+    started = time.perf_counter()
+    if args.command == "build":
+        result = repo.build()
+    elif args.command == "materialize":
+        result = {"materialized_until": repo.materialize().isoformat()}
+    else:
+        meta = repo.training_sets()
+        result = {"training_sets": str(repo.layout.training_sets(args.embeddings)), "rows": meta["rows"],
+                  "embedding_dim": meta["embedding_dim"]}
+    result = {"command": args.command, "seconds": round(time.perf_counter() - started, 2), **result}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
