@@ -11,11 +11,25 @@ WORLD  ?= demo
 export TF_USE_LEGACY_KERAS := 1
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test install constraints clean-data
 
+DATA   := data/$(WORLD)
+CKPT   := $(DATA)/embeddings/checkpoints
+EMBCFG := experiments/configs/embeddings/$(WORLD).yaml
+FSCFG  := experiments/configs/features/$(WORLD).yaml
+EMB    := dashclip-$(WORLD)
+
 demo: $(STAMP)
-	$(PY) -m experiments.simulate --config experiments/configs/world/$(WORLD).yaml --out data/$(WORLD) --overwrite
+	$(PY) -m experiments.simulate --config experiments/configs/world/$(WORLD).yaml --out $(DATA) --overwrite
+	$(PY) -m embeddings.train --stage 1 --config $(EMBCFG) --data $(DATA)
+	$(PY) -m embeddings.train --stage 2 --config $(EMBCFG) --data $(DATA)
+	$(PY) -m embeddings.evaluate --config $(EMBCFG) --data $(DATA) --encoder stage1=$(CKPT)/stage1 --encoder stage2=$(CKPT)/stage2
+	$(PY) -m embeddings.precompute --data $(DATA) --checkpoint $(CKPT)/stage2 --version $(EMB)
+	$(PY) -m feature_store build --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
+	$(PY) -m feature_store materialize --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
+	$(PY) -m feature_store training-set --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
