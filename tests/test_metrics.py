@@ -3,7 +3,6 @@
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -148,15 +147,20 @@ def test_group_auc_hand_example_and_nan():
         M.group_auc([1, 0], [0.1, 0.2], [1])
 
 
-def test_group_auc_fast_on_1e6_rows():
+def test_group_auc_on_many_groups_matches_the_weighted_loop():
+    # Speed belongs in benchmarks/; here the vectorised path must agree with the plain definition at scale.
     rng = np.random.default_rng(0)
-    n = 1_000_000
-    groups = rng.integers(0, 100_000, n)
+    n = 200_000
+    groups = rng.integers(0, 2_000, n)
     p = rng.random(n)
     y = (rng.random(n) < p).astype(np.int8)
-    t0 = time.perf_counter()
-    M.group_auc(y, p, groups)
-    assert time.perf_counter() - t0 < 2.0
+    total, weight = 0.0, 0
+    for g in np.unique(groups):
+        m = groups == g
+        if 0 < y[m].sum() < m.sum():
+            total += m.sum() * roc_auc_score(y[m], p[m])
+            weight += m.sum()
+    assert M.group_auc(y, p, groups) == pytest.approx(total / weight, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ relative metrics
