@@ -1,0 +1,215 @@
+"""Baseline rankers, compared with the neural models on the same split and the same metrics.
+
+    base_rate            the train CTR for everyone (AUC 0.5: the floor)
+    historical_ctr       smoothed train CTRs: ad backed off to product backed off to the base rate, times the
+                         query's and the position's CTR ratio (a count-based production ranker)
+    logistic_regression  scikit-learn on hashed ids (and id crosses) plus the standardised dense features
+    gbdt                 LightGBM on the dense features and low-cardinality ids as categories
+
+Each is `fit(data, seed)` then `predict(split)` -> P(click) as float64. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking.data import FeatureSpec, Split, TrainingSet, dense_features
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    prior_strength: float = 50.0  # historical_ctr: pseudo-impressions pulling each CTR to its parent's
+    ctr_hierarchy: tuple[str, ...] = ("ad_id", "product_id")  # finest first; each backs off to the next
+    ctr_factors: tuple[str, ...] = ("query_id", "position")  # independent CTR ratios multiplied in
+    lr_hash_bits: int = 20
+    lr_crosses: tuple[tuple[str, str], ...] = (("query_id", "product_id"), ("query_id", "aisle"),
+                                                ("position", "product_id"))
+    lr_c: float = 1.0
+    lr_max_iter: int = 30  # saga epochs (lbfgs is 50x slower on 2^20 hashed columns)
+    gbdt_rounds: int = 400
+    gbdt_learning_rate: float = 0.05
+    gbdt_leaves: int = 63
+    gbdt_min_data_in_leaf: int = 100
+    gbdt_early_stopping: int = 30
+    gbdt_categorical: tuple[str, ...] = ("position", "device", "aisle", "brand", "store_id", "campaign_id",
+                                         "advertiser_id")
+    threads: int = 1  # LightGBM threads; OpenMP spin-waits collapse on a shared 2-core machine, so 1 by default
+
+    def validate(self) -> None:
+        from experiments.config import ConfigError
+
+        if self.prior_strength <= 0:
+            raise ConfigError("baselines.prior_strength must be > 0")
+        if not 10 <= self.lr_hash_bits <= 26:
+            raise ConfigError("baselines.lr_hash_bits must lie in [10, 26]")
+
+
+BASELINES = ("base_rate", "historical_ctr", "logistic_regression", "gbdt")
+
+
+def required_columns(name: str, cfg: BaselineConfig) -> tuple[str, ...]:
+    """Columns a baseline reads beyond the model inputs (checked before any training starts)."""
+    if name == "historical_ctr":
+        return cfg.ctr_hierarchy + cfg.ctr_factors
+    if name == "logistic_regression":
+        return tuple(c for pair in cfg.lr_crosses for c in pair)
+    return ()
+
+
+def make_baseline(name: str, cfg: BaselineConfig):
+    return {"base_rate": BaseRate, "historical_ctr": HistoricalCTR, "logistic_regression": HashedLogisticRegression,
+            "gbdt": GBDT}[name](cfg)
+
+
+def _need(columns: tuple[str, ...], split: Split, who: str) -> None:
+    missing = [c for c in columns if c not in split.columns]
+    if missing:
+        raise ValueError(f"{who}: the config names column(s) the model inputs do not include: {', '.join(missing)} "
+                         f"(add them to features.id_features)")
+
+
+class BaseRate:
+    def __init__(self, cfg: BaselineConfig):
+        self.rate = 0.0
+
+    def fit(self, data: TrainingSet, seed: int = 0) -> "BaseRate":
+        self.rate = float(data["train"].labels.mean())
+        return self
+
+    def predict(self, split: Split) -> np.ndarray:
+        return np.full(len(split), self.rate)
+
+
+class _CTRTable:
+    """Clicks and impressions per value of one column; smoothed CTR toward a per-row prior."""
+
+    def __init__(self, values: np.ndarray, clicks: np.ndarray):
+        self.keys, inverse = np.unique(values, return_inverse=True)
+        self.imps = np.bincount(inverse, minlength=len(self.keys)).astype(np.float64)
+        self.clicks = np.bincount(inverse, weights=clicks, minlength=len(self.keys))
+
+    def counts(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.keys) == 0:
+            return np.zeros(len(values)), np.zeros(len(values))
+        pos = np.clip(np.searchsorted(self.keys, values), 0, len(self.keys) - 1)
+        hit = self.keys[pos] == values
+        return np.where(hit, self.clicks[pos], 0.0), np.where(hit, self.imps[pos], 0.0)
+
+
+class HistoricalCTR:
+    def __init__(self, cfg: BaselineConfig):
+        self.cfg = cfg
+
+    def fit(self, data: TrainingSet, seed: int = 0) -> "HistoricalCTR":
+        train = data["train"]
+        _need(self.cfg.ctr_hierarchy + self.cfg.ctr_factors, train, "historical_ctr")
+        y = train.labels.astype(np.float64)
+        self.base = float(y.mean())
+        self.tables = {c: _CTRTable(train.columns[c], y) for c in self.cfg.ctr_hierarchy + self.cfg.ctr_factors}
+        return self
+
+    def predict(self, split: Split) -> np.ndarray:
+        m = self.cfg.prior_strength
+        # Coarsest level first: its smoothed CTR is the prior of the next finer one.
+        ctr = np.full(len(split), self.base)
+        for c in reversed(self.cfg.ctr_hierarchy):
+            clicks, imps = self.tables[c].counts(split.columns[c])
+            ctr = (clicks + m * ctr) / (imps + m)
+        for c in self.cfg.ctr_factors:
+            clicks, imps = self.tables[c].counts(split.columns[c])
+            ctr = ctr * ((clicks + m * self.base) / (imps + m)) / self.base
+        return np.clip(ctr, 1e-6, 1 - 1e-6)
+
+
+def _hash(values: np.ndarray) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(values), categorize=True)  # uint64, stable across runs
+
+
+class HashedLogisticRegression:
+    """P(click) = sigmoid(w . x): x = one-hot hashed ids and id crosses (2^bits columns) + standardised dense."""
+
+    def __init__(self, cfg: BaselineConfig):
+        self.cfg = cfg
+
+    def _design(self, split: Split):
+        from scipy import sparse
+
+        n, buckets = len(split), np.uint64(1 << self.cfg.lr_hash_bits)
+        cols = []
+        for i, name in enumerate(self.spec.ids):
+            salt = np.uint64((0x9E3779B97F4A7C15 * (i + 1)) % (1 << 64))
+            cols.append((_hash(split.columns[name]) ^ salt) % buckets)
+        for j, (a, b) in enumerate(self.cfg.lr_crosses):
+            salt = np.uint64((0xC2B2AE3D27D4EB4F * (j + 1)) % (1 << 64))
+            with np.errstate(over="ignore"):
+                h = _hash(split.columns[a]) * np.uint64(1000003) ^ _hash(split.columns[b])
+            cols.append((h ^ salt) % buckets)
+        hashed = np.stack(cols, axis=1).astype(np.int64) if cols else np.zeros((n, 0), np.int64)  # [n, K]
+        dense = (dense_features(split.columns, self.spec, self.base, self.prior) - self.mean) / self.std  # [n, D]
+        k, d = hashed.shape[1], dense.shape[1]
+        indices = np.concatenate([hashed, int(buckets) + np.broadcast_to(np.arange(d), (n, d))], axis=1)
+        values = np.concatenate([np.ones((n, k)), dense], axis=1)
+        indptr = np.arange(0, n * (k + d) + 1, k + d)
+        return sparse.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, int(buckets) + d))
+
+    def fit(self, data: TrainingSet, seed: int = 0) -> "HashedLogisticRegression":
+        from sklearn.linear_model import LogisticRegression
+
+        train = data["train"]
+        self.spec: FeatureSpec = data.spec
+        for a, b in self.cfg.lr_crosses:
+            _need((a, b), train, "logistic_regression cross")
+        self.base, self.prior = float(train.labels.mean()), 20.0
+        x = dense_features(train.columns, self.spec, self.base, self.prior)
+        self.mean, self.std = x.mean(axis=0), np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
+        self.model = LogisticRegression(C=self.cfg.lr_c, solver="saga", tol=1e-3, max_iter=self.cfg.lr_max_iter,
+                                        random_state=seed)
+        self.model.fit(self._design(train), train.labels)
+        return self
+
+    def predict(self, split: Split) -> np.ndarray:
+        return self.model.predict_proba(self._design(split))[:, 1].astype(np.float64)
+
+
+class GBDT:
+    """LightGBM: dense features (with CTR logits) + low-cardinality ids as categorical codes (train vocabulary)."""
+
+    def __init__(self, cfg: BaselineConfig):
+        self.cfg = cfg
+
+    def _matrix(self, split: Split) -> np.ndarray:
+        dense = dense_features(split.columns, self.spec, self.base, 20.0)
+        cats = []
+        for name in self.categorical:
+            keys = self.vocab[name]
+            v = split.columns[name]
+            pos = np.clip(np.searchsorted(keys, v), 0, len(keys) - 1)
+            cats.append(np.where(keys[pos] == v, pos, -1).astype(np.float64))  # unseen -> missing
+        return np.concatenate([dense] + [c[:, None] for c in cats], axis=1) if cats else dense
+
+    def fit(self, data: TrainingSet, seed: int = 0) -> "GBDT":
+        import lightgbm as lgb
+
+        train, valid = data["train"], data["valid"]
+        self.spec: FeatureSpec = data.spec
+        self.base = float(train.labels.mean())
+        self.categorical = [c for c in self.cfg.gbdt_categorical if c in train.columns]
+        self.vocab = {c: np.unique(train.columns[c]) for c in self.categorical}
+        n_dense = len(self.spec.dense) + len(self.spec.ctr_pairs)
+        params = {"objective": "binary", "learning_rate": self.cfg.gbdt_learning_rate,
+                  "num_leaves": self.cfg.gbdt_leaves, "min_data_in_leaf": self.cfg.gbdt_min_data_in_leaf,
+                  "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1, "seed": seed,
+                  "num_threads": self.cfg.threads, "verbose": -1}
+        cat_idx = list(range(n_dense, n_dense + len(self.categorical)))
+        dtrain = lgb.Dataset(self._matrix(train), train.labels, categorical_feature=cat_idx, free_raw_data=True)
+        dvalid = lgb.Dataset(self._matrix(valid), valid.labels, reference=dtrain, categorical_feature=cat_idx)
+        self.model = lgb.train(params, dtrain, num_boost_round=self.cfg.gbdt_rounds, valid_sets=[dvalid],
+                               callbacks=[lgb.early_stopping(self.cfg.gbdt_early_stopping, verbose=False)])
+        return self
+
+    def predict(self, split: Split) -> np.ndarray:
+        return self.model.predict(self._matrix(split), num_iteration=self.model.best_iteration).astype(np.float64)

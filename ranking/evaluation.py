@@ -1,0 +1,193 @@
+"""Evaluation of a model's predictions on a split: the MLflow metric keys, slices, plots and the comparison table.
+
+Keys follow DESIGN.md section 9: `<split>/<metric>` and `<split>/<metric>/<slice>` with slices
+    query_head / query_torso / query_tail   by the query's number of train requests
+    product_new / product_old               product never / already seen in train
+    user_history / user_no_history          history_count > 0 or not (when the column is there)
+    position_<k>                            one slice per position
+Metric definitions are `ranking.metrics` (numpy), the same ones benchmarks and notebooks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ranking import metrics
+from ranking.data import Split
+
+SLICE_METRICS = ("auc", "logloss", "ne", "calibration", "count")
+HEADLINE = ("auc", "logloss", "ne", "calibration", "gauc_request", "gauc_user")
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """Slice boundaries (train frequencies) and the smallest slice that gets metrics."""
+
+    query_head_min_requests: int = 100  # head: queries with at least this many train requests
+    query_tail_max_requests: int = 4  # tail: at most this many (0 = never seen in train)
+    min_count: int = 100
+
+    def validate(self) -> None:
+        from experiments.config import ConfigError
+
+        if self.query_tail_max_requests >= self.query_head_min_requests:
+            raise ConfigError("slices: query_tail_max_requests must be below query_head_min_requests")
+
+
+def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.ndarray]:
+    """Boolean row masks of `split` for every slice, from train statistics."""
+    q_train, r_train = train.columns["query_id"], train.columns["request_id"]
+    pairs = np.unique(np.stack([q_train, r_train], axis=1), axis=0)  # one row per (query, request)
+    queries, requests_per_query = np.unique(pairs[:, 0], return_counts=True)
+    q = split.columns["query_id"]
+    idx = np.searchsorted(queries, q)
+    idx = np.clip(idx, 0, max(len(queries) - 1, 0))
+    seen = len(queries) > 0
+    n_requests = np.where(seen & (queries[idx] == q), requests_per_query[idx], 0) if seen else np.zeros(len(q))
+    out = {
+        "query_head": n_requests >= cfg.query_head_min_requests,
+        "query_torso": (n_requests > cfg.query_tail_max_requests) & (n_requests < cfg.query_head_min_requests),
+        "query_tail": n_requests <= cfg.query_tail_max_requests,
+    }
+    old = np.isin(split.columns["product_id"], train.columns["product_id"])
+    out["product_new"], out["product_old"] = ~old, old
+    if "history_count" in split.columns:
+        has = split.columns["history_count"] > 0
+        out["user_history"], out["user_no_history"] = has, ~has
+    for k in np.unique(split.columns["position"]):
+        out[f"position_{int(k)}"] = split.columns["position"] == k
+    return out
+
+
+def split_metrics(name: str, y: np.ndarray, p: np.ndarray, split: Split,
+                  slices: dict[str, np.ndarray] | None, min_count: int = 100) -> dict[str, float]:
+    """{"<split>/<metric>": v} plus {"<split>/<metric>/<slice>": v} for every slice big enough."""
+    out = {f"{name}/{k}": v for k, v in metrics.evaluate(y, p, split.columns["request_id"],
+                                                          split.columns["user_id"]).items()}
+    for slice_name, values in metrics.slice_metrics(y, p, slices or {}, min_count=min_count).items():
+        for k in SLICE_METRICS:
+            out[f"{name}/{k}/{slice_name}"] = values[k]
+    return {k: float(v) for k, v in out.items() if v == v}  # NaN (e.g. GAUC without mixed groups) is left out
+
+
+def load_oracle(data_dir: str | Path, impression_ids: np.ndarray) -> np.ndarray | None:
+    """The true click probability of each impression (hidden/impression_truth), or None if the world has none."""
+    folder = Path(data_dir) / "hidden" / "impression_truth"
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return None
+    table = pa.concat_tables([pq.read_table(f, columns=["impression_id", "click_prob"]) for f in files])
+    ids = table.column("impression_id").to_numpy()
+    prob = table.column("click_prob").to_numpy().astype(np.float64)
+    order = np.argsort(ids)
+    ids, prob = ids[order], prob[order]
+    pos = np.clip(np.searchsorted(ids, impression_ids), 0, len(ids) - 1)
+    if len(ids) == 0 or not np.array_equal(ids[pos], impression_ids):
+        return None  # the truth does not cover this split (another world)
+    return prob[pos]
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+def fit_calibration(logits: np.ndarray, y: np.ndarray, kind: str = "platt",
+                    iterations: int = 50) -> tuple[float, float]:
+    """(a, b) minimising the logloss of sigmoid(a * logit + b) on held-out rows (Newton's method); "bias"
+    fits b alone (a = 1). Both are monotone, so AUC is unchanged."""
+    z, y = np.asarray(logits, np.float64), np.asarray(y, np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        p = sigmoid(a * z + b)
+        w = np.maximum(p * (1.0 - p), 1e-12)
+        if kind == "bias":
+            step_b = np.sum(p - y) / np.sum(w)
+            b -= step_b
+            if abs(step_b) < 1e-10:
+                break
+            continue
+        grad = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+        step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
+        a, b = a - step[0], b - step[1]
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:  # never flip or flatten the ranking
+        return fit_calibration(logits, y, "bias", iterations)
+    return float(a), float(b)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow warnings."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, np.float64)))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1.0 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str):
+    """ROC curves {label: (y, p)} on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, (y, p) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {metrics.auc(y, p):.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(y: np.ndarray, p: np.ndarray, title: str, n_bins: int = 20):
+    """Reliability diagram on log axes (CTRs are small), from quantile bins of p."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean_pred, frac_pos, counts = metrics.calibration_curve(y, p, n_bins=n_bins)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo = max(min(mean_pred.min(), max(frac_pos.min(), 1e-4)), 1e-4)
+    ax.plot([lo, 1], [lo, 1], color="grey", linestyle=":")
+    ax.plot(mean_pred, np.maximum(frac_pos, lo), marker="o")
+    ax.set(xscale="log", yscale="log", xlabel="mean predicted P(click)", ylabel="observed CTR",
+           title=f"{title}\ncalibration sum(p)/sum(y) = {metrics.calibration(y, p):.3f}")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+
+def comparison_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+    """A markdown table: one row per model; a column shows `mean ± std` when a `<key>_std` entry exists."""
+    head = "| model | " + " | ".join(columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
+    for model, values in rows.items():
+        cells = []
+        for c in columns:
+            v = values.get(c)
+            if v is None or v != v:
+                cells.append("")
+                continue
+            std = values.get(f"{c}_std")
+            cells.append(f"{v:.4f} ± {std:.4f}" if std is not None and std == std else f"{v:.4f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

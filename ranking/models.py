@@ -1,0 +1,334 @@
+"""The pCTR models, top to bottom: preprocessing fitted on train, tower A (DCN), tower B (DashCLIP), the heads.
+
+    dcn                            tower A alone: the production ranker
+    dashclip_two_tower             tower A + tower B -> concat -> FC layers -> sigmoid (DESIGN.md section 6)
+    dashclip_two_tower_no_history  the same without the purchase-history embedding and cos(p, history)
+    dcn_dashclip_concat            one tower: tower B's features concatenated into the DCN input
+
+Inputs are raw named features (ids as int64 or strings, dense float32, embeddings float32 [B, E]); vocabularies
+and normalisation live inside the model, so a SavedModel serves raw values:
+
+    ids   [B] x F   --lookup (train vocab, OOV buckets; id dropout to OOV when training) + offset-->
+                    fused ids [B, F]  --gather-->  [B, F, d]
+    dense [B] x D   --impute, signed log1p, smoothed CTR logits, standardise, clip-->  [B, D']
+    tower A:  x0 = concat(flatten ids [B, F*d], dense [B, D'])  -> cross layers  ||  deep layers  -> [B, H_a]
+    tower B:  embed_p = P(product), embed_q = Q(query), embed_h = P(history)     (P shared: history is a mean of
+              product embeddings, so it lives in the product space), cos(p, q), cos(p, h) on the raw vectors
+    head:     concat(tower A, tower B) -> FC layers -> logit [B];   P(click) = sigmoid(a * logit + b)
+              (a, b: Platt calibration on the validation split after training, ranking/trainer.py)
+
+All id features share ONE embedding table (each feature owns a row range): one gather per batch and one sparse
+update per step. The training step updates that table row-sparsely (ranking/sparse_optim.py) while the dense
+layers use Adam; with Keras's optimizers the full-table update dominated the step (DESIGN.md section 10).
+Loss and metrics go through a `tfrs.tasks.Ranking` task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranking._tf import tf, tfrs
+from ranking.config import MODEL_KINDS, NetConfig
+from ranking.data import FeatureConfig, FeatureSpec, Split, dense_features
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Preprocessing statistics, fitted on the train split only (numpy); the layers below apply them in-graph.
+
+
+@dataclass
+class Preprocessing:
+    """Vocabularies and dense-feature statistics from the train split: everything the encoder needs."""
+
+    vocabularies: dict[str, list]  # id feature -> its train values (most frequent first); others are OOV
+    oov_buckets: int
+    dense_names: tuple[str, ...]  # encoder output columns: spec.dense then the CTR logits
+    mean: list[float]  # of each dense_names column after impute / log1p / CTR
+    std: list[float]
+    impute: dict[str, float]  # raw-unit train means filled into NaNs (empty: nan_policy=fail, NaN passes)
+    base_rate: float
+    ctr_prior_strength: float
+    clip: float  # standardised values are clipped to [-clip, clip]
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def fit_preprocessing(train: Split, spec: FeatureSpec, fc: FeatureConfig, impute: dict[str, float]) -> Preprocessing:
+    """Vocabularies (ids seen >= min_id_count times, at most max_vocab) and dense means/stds, from train."""
+    vocabularies = {}
+    for name in spec.ids:
+        values, counts = np.unique(train.columns[name], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        keep = order[counts[order] >= fc.min_id_count][: fc.max_vocab]
+        if keep.size == 0:
+            keep = order[:1]
+        kept = values[keep]
+        if name in spec.str_ids:
+            vocabularies[name] = [v.decode("utf-8") for v in kept.tolist()]
+        else:
+            vocabularies[name] = [int(v) for v in kept if v != -1]  # -1 is IntegerLookup's OOV token
+    base_rate = float(train.labels.mean())
+    x = dense_features(train.columns, spec, base_rate, fc.ctr_prior_strength)
+    std = x.std(axis=0)
+    return Preprocessing(
+        vocabularies=vocabularies,
+        oov_buckets=fc.oov_buckets,
+        dense_names=spec.dense + tuple(name for name, _, _ in spec.ctr_pairs),
+        mean=[float(v) for v in x.mean(axis=0)],
+        std=[float(v) if v > 1e-6 else 1.0 for v in std],
+        impute=dict(impute) if fc.nan_policy == "impute" else {},
+        base_rate=base_rate,
+        ctr_prior_strength=fc.ctr_prior_strength,
+        clip=fc.dense_clip,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Layers: raw features -> fused ids and normalised dense; the id table; tower A; tower B.
+
+
+class FeatureEncoder(tf.keras.layers.Layer):
+    """Raw inputs -> (fused ids [B, F] int64, dense [B, D'] float32), with the train vocabularies and statistics."""
+
+    def __init__(self, spec: FeatureSpec, prep: Preprocessing, id_dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.prep, self.id_dropout = spec, prep, id_dropout
+        self.lookups, offsets, total = [], [], 0
+        for name in spec.ids:
+            vocab = prep.vocabularies[name]
+            if name in spec.str_ids:
+                layer = tf.keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=prep.oov_buckets,
+                                                     name=f"lookup_{name}")
+            else:
+                layer = tf.keras.layers.IntegerLookup(vocabulary=np.array(vocab, dtype=np.int64),
+                                                      num_oov_indices=prep.oov_buckets, name=f"lookup_{name}")
+            self.lookups.append(layer)
+            offsets.append(total)
+            total += len(vocab) + prep.oov_buckets  # this feature's row range in the fused table
+        self.offsets = offsets
+        self.table_rows = total
+        self.mean = tf.constant(prep.mean, tf.float32)
+        self.std = tf.constant(prep.std, tf.float32)
+
+    def call(self, inputs, training=False):
+        ids = [tf.cast(lookup(inputs[name]), tf.int64) for name, lookup in zip(self.spec.ids, self.lookups)]
+        local = tf.stack(ids, axis=1)  # [B, F], per-feature indices; 0..oov_buckets-1 are the OOV rows
+        if training and self.id_dropout:
+            # Send a random share of the ids to their OOV row, so the OOV rows learn what an unseen id (a new
+            # product, a tail query) looks like; otherwise they keep their random initial values.
+            local = tf.where(tf.random.uniform(tf.shape(local)) < self.id_dropout, tf.zeros_like(local), local)
+        fused = local + tf.constant(self.offsets, tf.int64)  # [B, F] rows of the fused table
+        columns = {}
+        for name in self.spec.dense:
+            x = tf.cast(inputs[name], tf.float32)  # [B]
+            if name in self.prep.impute:
+                x = tf.where(tf.math.is_nan(x), tf.constant(self.prep.impute[name], tf.float32), x)
+            columns[name] = x
+        dense = [tf.sign(columns[n]) * tf.math.log1p(tf.abs(columns[n])) if n in self.spec.log_dense
+                 else columns[n] for n in self.spec.dense]
+        prior, base = self.prep.ctr_prior_strength, self.prep.base_rate
+        for _, clicks, imps in self.spec.ctr_pairs:
+            ctr = (columns[clicks] + prior * base) / (tf.maximum(columns[imps], 0.0) + prior)
+            ctr = tf.clip_by_value(ctr, 1e-6, 1 - 1e-6)
+            dense.append(tf.math.log(ctr / (1 - ctr)))
+        if dense:
+            dense = (tf.stack(dense, axis=1) - self.mean) / self.std  # [B, D']
+            dense = tf.clip_by_value(dense, -self.prep.clip, self.prep.clip)
+        else:
+            dense = tf.zeros([tf.shape(fused)[0], 0])
+        return fused, dense
+
+
+class FusedIdEmbedding(tf.keras.layers.Layer):
+    """One [rows, d] table for every id feature; read only through tf.gather so its gradient stays row-sparse."""
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.dim = rows, dim
+
+    def build(self, input_shape):
+        self.table = self.add_weight(
+            name="fused_id_table", shape=[self.rows, self.dim],
+            initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05), trainable=True)
+
+    def call(self, fused_ids):
+        return tf.gather(self.table, fused_ids)  # [B, F] -> [B, F, d]
+
+
+def _mlp(widths: tuple[int, ...], dropout: float, name: str) -> tf.keras.Sequential | None:
+    """ReLU layers of the given widths (None for no layers)."""
+    if not widths:
+        return None
+    layers = []
+    for i, units in enumerate(widths):
+        layers.append(tf.keras.layers.Dense(units, activation="relu", name=f"{name}_{i}"))
+        if dropout:
+            layers.append(tf.keras.layers.Dropout(dropout))
+    return tf.keras.Sequential(layers, name=name)
+
+
+class DCNTower(tf.keras.layers.Layer):
+    """Tower A: x0 [B, D0] -> cross network (x_{l+1} = x0 * (W x_l + b) + x_l) and a deep network -> [B, H_a]."""
+
+    def __init__(self, net: NetConfig, **kwargs):
+        super().__init__(**kwargs)
+        rank = net.cross_projection_dim or None
+        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=rank, kernel_initializer="glorot_uniform",
+                                              name=f"cross_{i}") for i in range(net.cross_layers)]
+        self.deep = _mlp(net.deep_layers, net.dropout, "deep")
+        self.structure = net.structure
+
+    def call(self, x0, training=False):
+        x = x0
+        for cross in self.crosses:
+            x = cross(x0, x)  # [B, D0]
+        if self.deep is None:
+            return x  # [B, D0]: a pure cross network
+        if self.structure == "stacked":
+            return self.deep(x, training=training)  # [B, deep_layers[-1]]
+        return tf.concat([x, self.deep(x0, training=training)], axis=1)  # [B, D0 + deep_layers[-1]]
+
+
+def _cosine(a, b):
+    """cos(a, b) per row [B, 1]; 0 where either vector is zero (unknown product / no history)."""
+    dot = tf.reduce_sum(a * b, axis=1, keepdims=True)
+    norms = tf.norm(a, axis=1, keepdims=True) * tf.norm(b, axis=1, keepdims=True)
+    return tf.math.divide_no_nan(dot, norms)
+
+
+class DashClipTower(tf.keras.layers.Layer):
+    """Tower B: embed_p, embed_q (and embed_h), cos(p, q) (and cos(p, h), has-history) -> [B, H_b]."""
+
+    def __init__(self, net: NetConfig, embedding_dim: int, history: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+        self.scale = math.sqrt(embedding_dim)  # unit-norm vectors -> components of unit variance
+        self.product_proj = tf.keras.layers.Dense(net.content_projection_dim, name="embed_p")
+        self.query_proj = tf.keras.layers.Dense(net.content_projection_dim, name="embed_q")
+
+    def call(self, product, query, history):
+        parts = [self.product_proj(product * self.scale), self.query_proj(query * self.scale),
+                 _cosine(product, query)]
+        if self.history:
+            has_history = tf.cast(tf.reduce_any(history != 0.0, axis=1, keepdims=True), tf.float32)  # [B, 1]
+            parts += [self.product_proj(history * self.scale), _cosine(product, history), has_history]
+        return tf.concat(parts, axis=1)  # [B, 2P + 1] or [B, 3P + 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. The model: wires the towers; the Ranking task owns loss and metrics; train_step updates the table sparsely.
+
+
+class PCTRModel(tfrs.models.Model):
+    """A pCTR model over raw named features; `model(features)` returns logits [B]."""
+
+    def __init__(self, kind: str, spec: FeatureSpec, prep: Preprocessing, net: NetConfig, **kwargs):
+        super().__init__(name=kind, **kwargs)
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model {kind!r} (known: {', '.join(MODEL_KINDS)})")
+        self.kind, self.spec, self.prep, self.net = kind, spec, prep, net
+        self.content = MODEL_KINDS[kind]["content"]
+        if self.content != "none" and not spec.embeddings:
+            raise ValueError(f"model {kind!r} needs the DashCLIP embedding columns")
+        self.encoder = FeatureEncoder(spec, prep, net.id_dropout, name="encoder")
+        self.id_embedding = FusedIdEmbedding(self.encoder.table_rows, net.id_embedding_dim, name="id_embedding")
+        self.tower_a = DCNTower(net, name="tower_a")
+        self.tower_b = None
+        if self.content != "none":
+            self.tower_b = DashClipTower(net, spec.embedding_dim, MODEL_KINDS[kind]["history"], name="tower_b")
+        self.content_mlp = _mlp(net.content_layers, net.dropout, "content_layers") if self.content == "tower" else None
+        self.head = _mlp(net.head_layers, net.dropout, "head") if self.content == "tower" else None
+        base = min(max(prep.base_rate, 1e-4), 1 - 1e-4)
+        self.logit_layer = tf.keras.layers.Dense(
+            1, name="logit", bias_initializer=tf.keras.initializers.Constant(math.log(base / (1 - base))))
+        self.task = tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
+        # logit -> a * logit + b at inference, fitted on the validation split after training (identity before).
+        self.calibration = tf.Variable([1.0, 0.0], trainable=False, name="calibration")
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")  # the epoch's mean loss (Keras resets it per epoch)
+        self.table_optimizer = None  # set by ranking.trainer.compile_model
+
+    def forward(self, inputs, training=False):
+        """(logits [B], the id-embedding rows used [B, F, d])."""
+        fused, dense = self.encoder(inputs, training=training)
+        rows = self.id_embedding(fused)  # [B, F, d]
+        x0 = tf.concat([tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]]), dense], axis=1)  # [B, F*d + D']
+        content = None
+        if self.tower_b is not None:
+            p, q, h = (inputs[name] for name in self.spec.embeddings)
+            content = self.tower_b(p, q, h)
+        if self.content == "concat":
+            x0 = tf.concat([x0, content], axis=1)
+        x = self.tower_a(x0, training=training)
+        if self.content == "tower":
+            if self.content_mlp is not None:
+                content = self.content_mlp(content, training=training)
+            x = tf.concat([x, content], axis=1)  # [B, H_a + H_b]
+            if self.head is not None:
+                x = self.head(x, training=training)
+        return tf.squeeze(self.logit_layer(x), axis=1), rows
+
+    def call(self, inputs, training=False):
+        """Calibrated logits [B] (the training loss uses forward's raw logits)."""
+        return self.forward(inputs, training=training)[0] * self.calibration[0] + self.calibration[1]
+
+    def compute_loss(self, inputs, training=False):
+        features, labels = inputs
+        logits, rows = self.forward(features, training=training)
+        loss = self.task(labels=labels[:, None], predictions=logits[:, None], training=training,
+                         compute_metrics=not training)
+        if self.net.embedding_l2:
+            loss += self.net.embedding_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(rows), axis=[1, 2]))
+        return loss
+
+    def train_step(self, inputs):
+        table = self.id_embedding.table
+        sparse = self.table_optimizer is not None
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            total = loss + tf.add_n(self.losses) if self.losses else loss
+        variables = [v for v in self.trainable_variables if not (sparse and v is table)]
+        if sparse:  # the table last: its gradient is an IndexedSlices over the rows this batch used
+            grads = tape.gradient(total, variables + [table])
+            self.optimizer.apply_gradients(zip(grads[:-1], variables))
+            self.table_optimizer.apply(grads[-1], table)
+        else:  # Keras's optimizer on everything (sweeps the whole table: for comparison only)
+            grads = tape.gradient(total, variables)
+            self.optimizer.apply_gradients(zip(grads, variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+
+def build_model(kind: str, spec: FeatureSpec, prep: Preprocessing, net: NetConfig) -> PCTRModel:
+    """A built model (weights created by one call on an empty batch)."""
+    model = PCTRModel(kind, spec, prep, net)
+    model(empty_batch(spec))
+    return model
+
+
+def empty_batch(spec: FeatureSpec) -> dict:
+    """A zero-row batch of every raw input, with the right dtypes and shapes."""
+    batch = {}
+    for name in spec.int_ids:
+        batch[name] = tf.zeros([0], tf.int64)
+    for name in spec.str_ids:
+        batch[name] = tf.zeros([0], tf.string)
+    for name in spec.dense:
+        batch[name] = tf.zeros([0], tf.float32)
+    for name in spec.embeddings:
+        batch[name] = tf.zeros([0, spec.embedding_dim], tf.float32)
+    return batch
+
+
+def matmul_flops_per_example(model: PCTRModel) -> int:
+    """Training FLOPs per example in matmuls: 2 per weight forward, 4 more backward (input and weight grads).
+
+    Counts every 2-D kernel except the id table (a gather, not a matmul); elementwise work is left out.
+    """
+    table = model.id_embedding.table
+    params = sum(int(np.prod(v.shape)) for v in model.trainable_variables if len(v.shape) == 2 and v is not table)
+    return 6 * params

@@ -1,0 +1,448 @@
+"""Train the pCTR models and the baselines on one training set and compare them in MLflow.
+
+    python -m ranking.train --config experiments/configs/ranking/demo.yaml [--seeds 3] [key=value ...]
+
+One MLflow parent run per invocation (experiment `pctr-ranking`, run name = config `name`) and one child run per
+model, named and tagged `model=<config name>` (dcn, dashclip_two_tower, logistic_regression, gbdt, historical_ctr,
+base_rate, ...). A child holds the model's params, per-epoch curves (`epoch/*`, neural models), final metrics
+`<split>/<metric>` and `<split>/<metric>/<slice>`, the oracle's share of the gap (`test/oracle_gap_closed`), ROC and
+calibration plots. With several seeds each seed gets a grandchild run and the child holds the mean (`test/auc`)
+and the spread (`test/auc_std`). The parent holds the resolved config, the data and embedding versions, and the
+comparison table (also printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING.
+At the end the model named by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`),
+reloaded and checked to give the same predictions.
+
+Every input check (missing feature, NaN policy, embedding width, empty split, unknown config key) runs before
+the first run is opened. MLflow: `sqlite:///mlruns/mlflow.db` unless MLFLOW_TRACKING_URI says otherwise;
+`mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.config import ConfigError, add_config_args, config_to_dict, load_config
+from ranking import metrics
+from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required_columns
+from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
+from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
+from ranking.evaluation import (HEADLINE, SliceConfig, calibration_figure, comparison_table, fit_calibration,
+                                load_oracle, logit, roc_figure, sigmoid, slice_masks, split_metrics)
+
+EXPERIMENT = "pctr-ranking"
+NEURAL = tuple(MODEL_KINDS)
+DETERMINISTIC = ("base_rate", "historical_ctr")  # fitted once whatever `seeds` says
+KNOWN_MODELS = BASELINES + NEURAL
+TABLE_COLUMNS = ["test/auc", "test/logloss", "test/ne", "test/calibration", "test/gauc_request", "test/gauc_user",
+                 "test/rela_impr_vs_dcn", "test/oracle_gap_closed", "test/auc/query_tail", "test/auc/product_new",
+                 "test/auc/user_history", "fit_seconds"]
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """`python -m ranking.train`: one experiment. YAML files hold overrides of these defaults."""
+
+    name: str = "demo"  # the parent run's name
+    data: str = "data/demo"  # data/<name>/: training_sets/, hidden/ (the oracle, when the world has one)
+    embedding_version: str = ""  # "" = the only training set under <data>/training_sets/
+    training_set: str = ""  # an explicit training-set folder (overrides data + embedding_version)
+    models: tuple[str, ...] = ("base_rate", "historical_ctr", "logistic_regression", "gbdt", "dcn",
+                               "dashclip_two_tower")
+    seeds: int = 1  # each model trained with seeds seed, seed+1, ...; mean and std reported
+    seed: int = 0
+    max_rows: int = 0  # > 0: a random sample of this many rows per split (quick experiments)
+    eval_train_rows: int = 200_000  # train-split metrics on a sample of this many rows (0 = all)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    slices: SliceConfig = field(default_factory=SliceConfig)
+    rela_impr_baselines: tuple[str, ...] = ("dcn", "historical_ctr")  # <split>/rela_impr_vs_<name>
+    oracle_baseline: str = "dcn"  # test/oracle_gap_closed: share of the <this>-to-oracle AUC gap closed
+    export_model: str | None = "dashclip_two_tower"  # "" or null = export nothing
+    export_dir: str = "exports"
+    checkpoint_dir: str = ""  # "" = <data>/checkpoints/ranking; then <name>/<model>/seed<k>/
+    experiment: str = EXPERIMENT
+    threads: int = 0  # TensorFlow intra-op threads (0 = all cores)
+    plots: bool = True
+
+    def validate(self) -> None:
+        unknown = [m for m in self.models if m not in KNOWN_MODELS]
+        if unknown:
+            raise ConfigError(f"models: unknown model(s) {', '.join(unknown)} (known: {', '.join(KNOWN_MODELS)})")
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ConfigError("models: list each model once, at least one")
+        if self.seeds < 1:
+            raise ConfigError("seeds must be >= 1")
+        if self.export_model and self.export_model not in self.models:
+            raise ConfigError(f"export_model '{self.export_model}' is not among models {list(self.models)}")
+        if self.export_model and self.export_model not in NEURAL:
+            raise ConfigError(f"export_model '{self.export_model}' is a baseline; only neural models export")
+
+
+@dataclass
+class ModelResult:
+    """One model's outcome: its child run, metrics (mean over seeds, `<key>_std` spread), seed-0 test scores."""
+
+    name: str
+    run_id: str
+    metrics: dict[str, float]
+    test_scores: np.ndarray
+    model: Any = None  # the seed-0 neural model (kept only for the export)
+
+
+@dataclass
+class ExperimentResult:
+    parent_run_id: str
+    models: dict[str, ModelResult]
+    table: str
+    export_path: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------- one model
+
+
+def _checkpoint_root(cfg: RankingConfig) -> Path:
+    return Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(cfg.data) / "checkpoints" / "ranking"
+
+
+class _Context:
+    """What every model run shares: the data, train-only preprocessing, slices, the oracle."""
+
+    def __init__(self, cfg: RankingConfig, data: TrainingSet):
+        self.cfg, self.data = cfg, data
+        train = data["train"]
+        rows = np.arange(len(train))
+        if cfg.eval_train_rows and len(train) > cfg.eval_train_rows:
+            rows = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.eval_train_rows, replace=False))
+        self.train_eval = train.take(rows)
+        self.slices = {s: slice_masks(train, data[s], cfg.slices) for s in ("valid", "test")}
+        self.oracle = load_oracle(_data_dir(cfg, data), data["test"].columns["impression_id"])
+        self._prep = None
+
+    def preprocessing(self):
+        if self._prep is None:
+            from ranking.models import fit_preprocessing
+
+            self._prep = fit_preprocessing(self.data["train"], self.data.spec, self.cfg.features,
+                                           self.data.impute_values)
+        return self._prep
+
+    def evaluate(self, predict) -> tuple[dict[str, float], np.ndarray]:
+        """All `<split>/<metric>[/<slice>]` values for predict(split) -> P(click), and the test scores."""
+        out = {}
+        for name, split in (("train", self.train_eval), ("valid", self.data["valid"]), ("test", self.data["test"])):
+            p = predict(split)
+            out.update(split_metrics(name, split.labels, p, split, self.slices.get(name),
+                                     self.cfg.slices.min_count))
+            if name == "test":
+                test_scores = p
+        return out, test_scores
+
+
+def _data_dir(cfg: RankingConfig, data: TrainingSet) -> Path:
+    """data/<name>/ of the training set (where hidden/ lives)."""
+    if cfg.training_set:
+        parent = data.path.parent
+        return parent.parent if parent.name == "training_sets" else Path(cfg.data)
+    return Path(cfg.data)
+
+
+def _fit_baseline(name: str, seed: int, ctx: _Context):
+    """Fit on train; then, like the neural models, Platt-calibrate on valid (base_rate stays the train CTR)."""
+    started = time.perf_counter()
+    model = make_baseline(name, ctx.cfg.baselines).fit(ctx.data, seed)
+    a, b = 1.0, 0.0
+    kind = ctx.cfg.train.calibration
+    if kind != "none" and name != "base_rate":
+        a, b = fit_calibration(logit(model.predict(ctx.data["valid"])), ctx.data["valid"].labels, kind)
+    seconds = time.perf_counter() - started
+
+    def predict(split):
+        return sigmoid(a * logit(model.predict(split)) + b)
+
+    values, test_scores = ctx.evaluate(predict)
+    values.update({"fit_seconds": seconds, "calibration_a": a, "calibration_b": b})
+    return values, test_scores, None
+
+
+def _fit_neural(name: str, seed: int, ctx: _Context):
+    import mlflow
+
+    from ranking._tf import tf
+    from ranking.models import build_model, matmul_flops_per_example
+    from ranking.trainer import compile_model, fit_model, predict
+
+    cfg = ctx.cfg
+    tf.keras.utils.set_random_seed(seed)
+    model = build_model(name, ctx.data.spec, ctx.preprocessing(), cfg.net)
+    compile_model(model, cfg.train)
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        mlflow.log_metrics(row, step=epoch)
+        print(f"  [{name} seed {seed}] epoch {epoch}: loss {row['epoch/train_loss']:.4f}  valid auc "
+              f"{row['epoch/valid_auc']:.4f}  logloss {row['epoch/valid_logloss']:.4f}  "
+              f"{row['epoch/train_examples_per_s']:.0f} examples/s", flush=True)
+
+    ckpt = _checkpoint_root(cfg) / cfg.name / name / f"seed{seed}"
+    fit = fit_model(model, ctx.data, cfg.train, seed, ckpt, on_epoch)
+    if fit.resumed_from:
+        print(f"  [{name} seed {seed}] resumed from the checkpoint after epoch {fit.resumed_from} ({ckpt})")
+        mlflow.set_tag("resumed_from_epoch", fit.resumed_from)
+    values, test_scores = ctx.evaluate(lambda split: predict(model, split, ctx.data.spec, cfg.train.eval_batch_size))
+    values.update({"fit_seconds": fit.seconds, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                   "calibration_a": fit.calibration[0], "calibration_b": fit.calibration[1],
+                   "matmul_mflop_per_example": matmul_flops_per_example(model) / 1e6})
+    if fit.epochs_run:
+        values["train_examples_per_s"] = fit.train_examples_per_s
+    return values, test_scores, model
+
+
+def _aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over seeds of every key; `<key>_std` (sample std) for the headline split metrics when seeds > 1."""
+    keys = set().union(*per_seed)
+    out = {}
+    for k in sorted(keys):
+        values = np.array([d[k] for d in per_seed if k in d], dtype=np.float64)
+        out[k] = float(values.mean())
+        split_metric = k.count("/") == 1 and k.split("/")[1] in HEADLINE
+        if len(per_seed) > 1 and (split_metric or k == "fit_seconds") and len(values) > 1:
+            out[f"{k}_std"] = float(values.std(ddof=1))
+    return out
+
+
+def _run_model(name: str, ctx: _Context) -> ModelResult:
+    import mlflow
+
+    cfg = ctx.cfg
+    neural = name in NEURAL
+    tags = {"model": name, "family": "neural" if neural else "baseline"}
+    with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+        seeds = 1 if name in DETERMINISTIC else cfg.seeds
+        params = {"model": name, "seeds": seeds, "seed": cfg.seed}
+        if neural:
+            from experiments.tracking import flatten
+
+            params.update(flatten(config_to_dict(cfg.net), "net."))
+            params.update(flatten(config_to_dict(cfg.train), "train."))
+            params.update({"content": MODEL_KINDS[name]["content"], "history": MODEL_KINDS[name]["history"]})
+        mlflow.log_params(params)
+        per_seed, first_scores, first_model = [], None, None
+        for k in range(seeds):
+            seed = cfg.seed + k
+            print(f"[{name}] seed {seed}: fitting", flush=True)
+            nested = (mlflow.start_run(run_name=f"{name}/seed{seed}", nested=True,
+                                       tags={"parent_model": name, "seed": str(seed)})
+                      if seeds > 1 else contextlib.nullcontext())
+            with nested:
+                values, scores, model = (_fit_neural if neural else _fit_baseline)(name, seed, ctx)
+                if seeds > 1:
+                    mlflow.log_metrics(values)
+            per_seed.append(values)
+            if k == 0:
+                first_scores = scores
+                first_model = model if name == cfg.export_model else None
+        if neural:  # what a later export needs to rebuild the seed-0 model: build_model + restore_final
+            final = _checkpoint_root(cfg) / cfg.name / name / f"seed{cfg.seed}" / "final"
+            mlflow.set_tag("checkpoint", str(final.resolve()))
+            mlflow.log_dict({"kind": name, "feature_spec": ctx.data.spec.to_dict(), "net": config_to_dict(cfg.net),
+                             "preprocessing": ctx.preprocessing().to_dict()}, "model_build.json")
+        summary = _aggregate(per_seed)
+        if ctx.oracle is not None:
+            summary["test/oracle_auc"] = metrics.auc(ctx.data["test"].labels, ctx.oracle)
+        mlflow.log_metrics(summary)
+        if cfg.plots:
+            y = ctx.data["test"].labels
+            mlflow.log_figure(roc_figure({name: (y, first_scores)}, f"{name}: ROC on test"), "plots/roc_test.png")
+            if first_scores.min() < first_scores.max():
+                mlflow.log_figure(calibration_figure(y, first_scores, f"{name}: calibration on test"),
+                                  "plots/calibration_test.png")
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+        test_auc = summary["test/auc"]
+        spread = f" ± {summary['test/auc_std']:.4f}" if "test/auc_std" in summary else ""
+        print(f"[{name}] test auc {test_auc:.4f}{spread}  calibration {summary['test/calibration']:.3f}", flush=True)
+        return ModelResult(name, run.info.run_id, summary, first_scores, first_model)
+
+
+# ---------------------------------------------------------------------------------------------- comparisons
+
+
+def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, dict[str, float]]:
+    """Metrics that need two models: RelaImpr against the named baselines, the share of the oracle gap closed."""
+    cfg, out = ctx.cfg, {name: {} for name in results}
+    for base in cfg.rela_impr_baselines:
+        if base not in results:
+            continue
+        for split in ("valid", "test"):
+            base_auc = results[base].metrics[f"{split}/auc"]
+            if abs(base_auc - 0.5) < 1e-9:
+                continue
+            for name, r in results.items():
+                out[name][f"{split}/rela_impr_vs_{base}"] = metrics.rela_impr(r.metrics[f"{split}/auc"], base_auc)
+    if ctx.oracle is not None and cfg.oracle_baseline in results:
+        y = ctx.data["test"].labels
+        oracle = {"": metrics.auc(y, ctx.oracle)}
+        for slice_name, values in metrics.slice_metrics(y, ctx.oracle, ctx.slices["test"],
+                                                        min_count=cfg.slices.min_count).items():
+            oracle[slice_name] = values["auc"]
+        base = results[cfg.oracle_baseline].metrics
+        for name, r in results.items():
+            for slice_name, oracle_auc in oracle.items():
+                key = "test/auc" + (f"/{slice_name}" if slice_name else "")
+                if key in r.metrics and key in base and abs(oracle_auc - base[key]) > 1e-12:
+                    gap_key = "test/oracle_gap_closed" + (f"/{slice_name}" if slice_name else "")
+                    out[name][gap_key] = metrics.oracle_gap_closed(r.metrics[key], base[key], oracle_auc)
+    return out
+
+
+def _oracle_row(ctx: _Context) -> dict[str, float]:
+    """The true click probabilities scored like a model (the physical limit)."""
+    test = ctx.data["test"]
+    return split_metrics("test", test.labels, ctx.oracle, test, ctx.slices["test"], ctx.cfg.slices.min_count)
+
+
+def _export(cfg: RankingConfig, ctx: _Context, result: ModelResult, parent_id: str) -> Path:
+    """SavedModel of the seed-0 model; reload it and compare with the Keras model on test rows."""
+    from mlflow import MlflowClient
+
+    from ranking.saved_model import export_model, load_serving_fn, serving_predict
+    from ranking.trainer import predict
+
+    data = ctx.data
+    path = export_model(result.model, cfg.export_dir, cfg.export_model, extra_assets={
+        "mlflow_run_id": result.run_id, "mlflow_parent_run_id": parent_id, "embedding_version": data.embedding_version,
+        "training_set": str(data.path)})
+    test = data["test"]
+    rows = test.take(np.arange(min(len(test), 4096)))
+    reloaded = serving_predict(load_serving_fn(path), rows.columns, data.spec)
+    direct = predict(result.model, rows, data.spec)
+    diff = float(np.max(np.abs(reloaded - direct)))
+    client = MlflowClient()
+    client.log_metric(result.run_id, "export/max_abs_diff", diff)
+    client.set_tag(result.run_id, "export_path", str(path))
+    client.set_tag(parent_id, "export_path", str(path))
+    client.log_artifacts(result.run_id, str(path), "saved_model")
+    if diff > 1e-5:
+        raise RuntimeError(f"export: the reloaded SavedModel at {path} differs from the trained model by {diff:.2e}")
+    print(f"exported {cfg.export_model} to {path} (reload max |diff| {diff:.1e})", flush=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def run(cfg: RankingConfig) -> ExperimentResult:
+    """The whole experiment; see the module docstring. Input errors raise before any MLflow run exists."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from experiments.tracking import flatten, setup_mlflow, tracking_uri
+
+    folder = resolve_training_set(cfg.data, cfg.embedding_version, cfg.training_set)
+    use_embeddings = any(MODEL_KINDS[m]["content"] != "none" for m in cfg.models if m in MODEL_KINDS)
+    data = load_training_set(folder, cfg.features, use_embeddings=use_embeddings, max_rows=cfg.max_rows,
+                             seed=cfg.seed)
+    for name in cfg.models:
+        missing = [c for c in required_columns(name, cfg.baselines) if c not in data["train"].columns]
+        if missing:
+            raise TrainingSetError(f"baselines: {name} uses {', '.join(missing)}, which features.id_features "
+                                   f"does not list")
+    if any(m in NEURAL for m in cfg.models):
+        from ranking._tf import tf
+
+        if cfg.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    ctx = _Context(cfg, data)
+    print(f"training set {folder}: " + ", ".join(f"{s} {len(data[s]):,} rows" for s in data.splits) +
+          f"; embedding_version {data.embedding_version}", flush=True)
+
+    setup_mlflow(cfg.experiment)
+    tags = {"data_dir": str(_data_dir(cfg, data)), "training_set": str(folder),
+            "embedding_version": data.embedding_version, "entry_point": "ranking.train",
+            "embedding_model": json.dumps(data.metadata.get("embedding_model", {}), sort_keys=True)}
+    with mlflow.start_run(run_name=cfg.name, tags=tags) as parent:
+        mlflow.log_params({k: (json.dumps(v) if isinstance(v, list) else v)
+                           for k, v in flatten(config_to_dict(cfg)).items()})
+        mlflow.log_params({f"rows_{s}": len(data[s]) for s in data.splits} |
+                          {"embedding_dim": data.spec.embedding_dim, "n_dense": len(data.spec.dense),
+                           "n_ids": len(data.spec.ids)})
+        mlflow.log_dict(config_to_dict(cfg), "config.yaml")
+        mlflow.log_dict({"feature_spec": data.spec.to_dict(), "metadata": data.metadata,
+                         "nan_imputed": data.nan_counts}, "training_set.json")
+        if ctx.oracle is not None:
+            mlflow.log_metrics({f"test/oracle_{k.split('/')[1]}": v for k, v in _oracle_row(ctx).items()
+                                if k.count("/") == 1})
+
+        results = {name: _run_model(name, ctx) for name in cfg.models}
+
+        client = mlflow.MlflowClient()
+        now = int(time.time() * 1000)
+        for name, extra in _cross_metrics(results, ctx).items():
+            results[name].metrics.update(extra)
+            if extra:
+                client.log_batch(results[name].run_id, metrics=[Metric(k, v, now, 0) for k, v in extra.items()])
+        rows = {name: r.metrics for name, r in results.items()}
+        if ctx.oracle is not None:
+            rows["(oracle)"] = _oracle_row(ctx)
+        columns = [c for c in TABLE_COLUMNS if any(c in v for v in rows.values())]
+        table = comparison_table(rows, columns)
+        print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
+        mlflow.log_text(table + "\n", "comparison.md")
+        mlflow.log_dict({name: {c: v.get(c) for c in columns + [f"{c}_std" for c in columns] if c in v}
+                         for name, v in rows.items()}, "comparison.json")
+        if cfg.plots:
+            y = data["test"].labels
+            curves = {name: (y, r.test_scores) for name, r in results.items()}
+            if ctx.oracle is not None:
+                curves["(oracle)"] = (y, ctx.oracle)
+            mlflow.log_figure(roc_figure(curves, f"{cfg.name}: ROC on test"), "roc_test.png")
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+        export_path = _export(cfg, ctx, results[cfg.export_model], parent.info.run_id) if cfg.export_model else None
+        print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.experiment}' at {tracking_uri()}")
+    return ExperimentResult(parent.info.run_id, results, table, export_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ranking.train", description=__doc__.split("\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="train every model with N seeds and report mean and spread (overrides `seeds`)")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
+    cfg = load_config(RankingConfig, args.config, overrides)
+    _sigterm_raises()
+    run(cfg)
+    return 0
+
+
+def _sigterm_raises() -> None:
+    """Turn SIGTERM into SystemExit so the MLflow runs close as FAILED instead of staying RUNNING."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, TrainingSetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
