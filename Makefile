@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(PY) -m feature_store build --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
 	$(PY) -m feature_store materialize --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
 	$(PY) -m feature_store training-set --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
+	$(PY) -m ranking.train --config experiments/configs/ranking/$(WORLD).yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
