@@ -164,6 +164,20 @@ class Run:
             clamp_temperature(self.model.pqc_temp)
         self.step += 1
 
+    def end_step(self, record: dict, bar, steps_per_epoch: int, log) -> None:
+        """After an update: history, progress bar, the epoch's MLflow metrics, resumable state, max_steps."""
+        self.history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.get('pqc', record.get('itc', 0.0)):.3f}")
+        if self.step % steps_per_epoch == 0 and log:
+            log(self, self.step // steps_per_epoch, steps_per_epoch)
+        if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total:
+            self.save_state()
+        if self.cfg.max_steps and self.cfg.max_steps <= self.step < self.total:
+            self.save_state()
+            bar.close()
+            raise StopTraining(f"stopped at step {self.step} (max_steps); resume by running again")
+
     def finish(self) -> Path:
         save_checkpoint(self.model, self.model.cfg, self.final_dir, extra_json={"stage": self.stage, "history": self.history})
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -244,17 +258,7 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
             terms.update(itm=itm.loss.item(), itm_acc=float(itm.accuracy))
         run.update(loss)
         terms["temp"] = model.temp.item()
-        run.history.append({"step": run.step, **terms})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if run.step % steps_per_epoch == 0 and log:
-            log(run, epoch + 1, steps_per_epoch)
-        if run.step % cfg.checkpoint_every == 0 or run.step == total:
-            run.save_state()
-        if cfg.max_steps and run.step >= cfg.max_steps and run.step < total:
-            run.save_state()
-            bar.close()
-            raise StopTraining(f"stopped at step {run.step} (max_steps); resume by running again")
+        run.end_step({"step": run.step, **terms}, bar, steps_per_epoch, log)
     bar.close()
     if resumed:
         print(f"stage 1 resumed and finished at step {run.step}")
@@ -356,18 +360,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
                        in_batch_negatives=s2.in_batch_negatives, neg_mask=torch.from_numpy(neg_mask) if N else None,
                        pos_query_ids=torch.from_numpy(pos_q), neg_query_ids=torch.from_numpy(neg_q) if N else None)
         run.update(out.loss)
-        run.history.append({"step": run.step, "pqc": out.loss.item(), "pqc_acc": float(out.accuracy),
-                            "temp": model.pqc_temp.item()})
-        bar.update(1)
-        bar.set_postfix(loss=f"{out.loss.item():.3f}")
-        if run.step % steps_per_epoch == 0 and log:
-            log(run, epoch + 1, steps_per_epoch)
-        if run.step % cfg.checkpoint_every == 0 or run.step == total:
-            run.save_state()
-        if cfg.max_steps and run.step >= cfg.max_steps and run.step < total:
-            run.save_state()
-            bar.close()
-            raise StopTraining(f"stopped at step {run.step} (max_steps); resume by running again")
+        run.end_step({"step": run.step, "pqc": out.loss.item(), "pqc_acc": float(out.accuracy),
+                      "temp": model.pqc_temp.item()}, bar, steps_per_epoch, log)
     bar.close()
     return run.finish()
 
