@@ -1,8 +1,11 @@
-"""DashCLIP inputs: the catalog (image-title pairs), queries, relevance pairs, hold-out splits, pair sampling.
+"""DashCLIP inputs: the catalog (image-title pairs), queries, relevance, the hold-out split, stage-2 pair sampling.
 
-Everything is read through `feature_store.schema`, so a user's own tables work the same as the simulator's.
-Held out from training, for evaluation: a seeded share of the relevance queries (stage 2 never sees them) and the
-products created after the training window plus a seeded share of the others (neither stage sees them).
+Everything is read through `feature_store.schema`, so a user's own tables work the same as the simulator's; a bad
+row is an error naming its product_id (or query_id) rather than a failure deep inside training.
+Held out from training, for evaluation:
+- queries: a seeded share of the relevance queries (stage 2 never sees their labels);
+- products: those created after the world's training window (they have no relevance labels anyway) plus a seeded
+  share of the others (neither stage trains on them).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 import torch
 
 from embeddings.model import preprocess_images
-from feature_store.schema import read_table
+from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table
 
 
 @dataclass
@@ -24,57 +28,100 @@ class Catalog:
     product_ids: np.ndarray  # [N] int64
     titles: list[str]
     aisles: np.ndarray  # [N] str
-    created_ts: pd.Series
+    created_ts: pd.Series  # [N] timestamp[UTC]
     pixels: torch.Tensor | None  # [N, 3, S, S] normalised, None for a text-only catalog
-    skipped_images: list[int]  # product ids whose image could not be decoded (only with skip_corrupt_images)
+    skipped_images: list[int]  # product ids dropped for an unreadable image (only with skip_corrupt_images)
 
     def __len__(self) -> int:
         return len(self.product_ids)
 
 
-def load_catalog(data_dir: Path, image_size: int, with_images: bool = True,
+def _raw_column(path: Path, column: str) -> pd.DataFrame:
+    """product_id and one column straight from the parquet files, unvalidated (to locate bad rows)."""
+    return ds.dataset(str(path), format="parquet").to_table(columns=["product_id", column]).to_pandas()
+
+
+def _bad_image(png) -> str | None:
+    if png is None:
+        return "missing image"
+    if not isinstance(png, (bytes, bytearray)) or len(png) == 0:
+        return "empty image"
+    if not bytes(png[:8]) == PNG_SIGNATURE:
+        return "not a PNG file"
+    return None
+
+
+def load_catalog(data_dir: str | Path, image_size: int, with_images: bool = True,
                  skip_corrupt_images: bool = False) -> Catalog:
-    """Products with decoded pictures. An unreadable picture is an error naming its product_id, unless
-    skip_corrupt_images: then the product is dropped, counted and reported in `skipped_images`."""
-    columns = ["title", "aisle", "created_ts"] + (["image"] if with_images else [])
+    """The products table with decoded pictures (none when with_images is False: a text-only catalog).
+
+    An empty title is an error naming its product_id. A missing, empty or undecodable picture is an error naming
+    its product_id, unless skip_corrupt_images: then the product is dropped, and counted and named in
+    `skipped_images` (and printed), never silently."""
     path = Path(data_dir) / "raw" / "products"
-    df = read_table("products", path, columns=columns).to_pandas()
+    try:
+        df = read_table("products", path, columns=["title", "aisle", "created_ts"]).to_pandas()
+    except SchemaError as err:
+        if err.column != "title":
+            raise
+        raw = _raw_column(path, "title")
+        bad = raw[raw.title.isna() | (raw.title.fillna("").str.len() == 0)]
+        if bad.empty:
+            raise
+        raise ValueError(f"{path}: product_id {int(bad.product_id.iloc[0])}: empty title ({len(bad)} products "
+                         f"have no title; every product needs one)") from err
     pixels, skipped = None, []
     if with_images:
+        raw = _raw_column(path, "image")
+        if raw.product_id.duplicated().any() or len(raw) != len(df):
+            raise ValueError(f"{path}: the image column does not line up with the product ids")
+        images = raw.set_index("product_id").image.reindex(df.product_id).tolist()
         decoded, keep = [], np.ones(len(df), dtype=bool)
-        for i, (pid, png) in enumerate(zip(df.product_id, df.image)):
-            try:
-                decoded.append(preprocess_images([png], image_size))
-            except ValueError as e:
-                if not skip_corrupt_images:
-                    raise ValueError(f"{path}: product_id {pid}: unreadable image ({e}); fix it or pass "
-                                     f"skip_corrupt_images=true to drop such products") from e
-                keep[i] = False
-                skipped.append(int(pid))
+        for i, (pid, png) in enumerate(zip(df.product_id, images)):
+            problem = _bad_image(png)
+            if problem is None:
+                try:
+                    decoded.append(preprocess_images([png], image_size))
+                    continue
+                except ValueError as e:
+                    problem = f"unreadable image ({e})"
+            if not skip_corrupt_images:
+                raise ValueError(f"{path}: product_id {int(pid)}: {problem}; fix the picture, or set "
+                                 f"skip_corrupt_images=true to drop such products (they are counted and reported)")
+            keep[i] = False
+            skipped.append(int(pid))
+        if skipped:
+            print(f"load_catalog: skipped {len(skipped)} products with an unreadable image (skip_corrupt_images): "
+                  f"product_id {', '.join(map(str, skipped[:10]))}{' ...' if len(skipped) > 10 else ''}")
         df = df[keep].reset_index(drop=True)
         pixels = torch.cat(decoded) if decoded else torch.empty(0, 3, image_size, image_size)
     return Catalog(df.product_id.to_numpy(), df.title.tolist(), df.aisle.to_numpy(), df.created_ts, pixels, skipped)
 
 
-def load_queries(data_dir: Path) -> pd.DataFrame:
+def load_queries(data_dir: str | Path) -> pd.DataFrame:
     return read_table("queries", Path(data_dir) / "raw" / "queries").to_pandas()
 
 
-def load_relevance(data_dir: Path, catalog: Catalog, queries: pd.DataFrame) -> pd.DataFrame:
-    """Relevance rows; a row naming a product or query that does not exist is an error naming that row."""
+def load_relevance(data_dir: str | Path, catalog: Catalog, queries: pd.DataFrame) -> pd.DataFrame:
+    """Relevance rows. A row naming a product or query that does not exist is an error naming that row; rows of
+    products dropped by skip_corrupt_images are dropped with them."""
     path = Path(data_dir) / "raw" / "relevance"
     rel = read_table("relevance", path).to_pandas()
-    for column, known in (("product_id", catalog.product_ids), ("query_id", queries.query_id.to_numpy())):
+    known_products = np.concatenate([catalog.product_ids, np.asarray(catalog.skipped_images, dtype=np.int64)])
+    for column, known in (("product_id", known_products), ("query_id", queries.query_id.to_numpy())):
         bad = ~rel[column].isin(known)
         if bad.any():
             row = rel[bad].iloc[0]
-            raise ValueError(f"{path}: {int(bad.sum())} relevance rows name an unknown {column}; first: "
-                             f"query_id={row.query_id}, product_id={row.product_id}")
+            raise ValueError(f"{path}: {int(bad.sum())} relevance rows name an unknown {column}; first: row "
+                             f"{int(np.flatnonzero(bad.to_numpy())[0])} (query_id={int(row.query_id)}, "
+                             f"product_id={int(row.product_id)})")
+    if catalog.skipped_images:
+        rel = rel[rel.product_id.isin(catalog.product_ids)].reset_index(drop=True)
     return rel
 
 
-def train_window_end(data_dir: Path) -> pd.Timestamp | None:
-    """End of the world's training window (world.json), None for a user dataset without one."""
+def train_window_end(data_dir: str | Path) -> pd.Timestamp | None:
+    """End of the world's training window (world.json splits), None for a user dataset without one."""
     meta = Path(data_dir) / "world.json"
     if not meta.is_file():
         return None
@@ -83,25 +130,37 @@ def train_window_end(data_dir: Path) -> pd.Timestamp | None:
 
 @dataclass(frozen=True)
 class Holdout:
-    train_products: np.ndarray  # bool mask over the catalog
-    heldout_queries: np.ndarray  # query ids never used in training
+    train_products: np.ndarray  # [N] bool over the catalog: True = stage 1 / stage 2 may train on it
+    heldout_queries: np.ndarray  # sorted query ids whose relevance labels no training stage reads
 
 
-def make_holdout(catalog: Catalog, relevance: pd.DataFrame, data_dir: Path, query_share: float,
+def make_holdout(catalog: Catalog, relevance: pd.DataFrame, data_dir: str | Path, query_share: float,
                  product_share: float, seed: int) -> Holdout:
-    rng = np.random.default_rng(seed)
+    """The evaluation hold-out: products created after the training window plus a seeded `product_share` of the
+    others; a seeded `query_share` of the relevance queries. Seeded per product / query id, so the split does not
+    move when rows are added or dropped."""
     end = train_window_end(data_dir)
     old = np.ones(len(catalog), bool) if end is None else (catalog.created_ts < end).to_numpy()
-    train_products = old & (rng.random(len(catalog)) >= product_share)
+    train_products = old & (_uniform(catalog.product_ids, seed, 1) >= product_share)
     rel_queries = np.unique(relevance.query_id.to_numpy())
-    heldout = rng.choice(rel_queries, size=int(round(query_share * len(rel_queries))), replace=False)
+    heldout = rel_queries[_uniform(rel_queries, seed, 2) < query_share]
     return Holdout(train_products, np.sort(heldout))
 
 
+def _uniform(ids: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """A deterministic U[0, 1) draw per id (a hash of seed, stream and id)."""
+    x = (np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64((seed * 1_000_003 + stream) & 0xFFFFFFFF)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 class PairSampler:
-    """Stage-2 examples: each positive pair (a query labelled in `positive_labels` for a product) with up to N
-    negative queries of that product drawn from `negative_labels` with `negative_weights` (the relative sampling
-    ratio between negative label types). Missing negatives are padded and masked; in-batch negatives add more."""
+    """Stage-2 examples: each positive pair (a query labelled in `positive_labels` for a product: DashCLIP's
+    highly relevant, label 2) with up to N negative queries of that product, drawn from `negative_labels` (0, and
+    by option 1) with `negative_weights` as the relative sampling ratio between negative label types (the paper's
+    Figure 2). A product with fewer negatives than N gets padding, masked out; in-batch negatives add more."""
 
     def __init__(self, relevance: pd.DataFrame, positive_labels: tuple[int, ...], negative_labels: tuple[int, ...],
                  negative_weights: tuple[float, ...], negatives: int, seed: int):
@@ -112,8 +171,8 @@ class PairSampler:
         pos = relevance[relevance.label.isin(positive_labels)]
         self.pairs = pos[["product_id", "query_id"]].to_numpy()  # [P, 2]
         self.negatives: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        neg = relevance[relevance.label.isin(negative_labels)]
         weight_of = dict(zip(negative_labels, negative_weights))
+        neg = relevance[relevance.label.isin([k for k, w in weight_of.items() if w > 0])]
         for pid, group in neg.groupby("product_id"):
             w = group.label.map(weight_of).to_numpy(dtype=np.float64)
             self.negatives[int(pid)] = (group.query_id.to_numpy(), w / w.sum())
@@ -129,7 +188,7 @@ class PairSampler:
             neg = np.zeros((len(batch), self.n_neg), dtype=np.int64)
             mask = np.zeros((len(batch), self.n_neg), dtype=bool)
             for i, pid in enumerate(batch[:, 0]):
-                if int(pid) in self.negatives and self.n_neg:
+                if self.n_neg and int(pid) in self.negatives:
                     qids, p = self.negatives[int(pid)]
                     k = min(self.n_neg, len(qids))
                     neg[i, :k] = self.rng.choice(qids, size=k, replace=False, p=p)

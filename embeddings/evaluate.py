@@ -1,38 +1,46 @@
 """DashCLIP evaluation, each encoder against the off-the-shelf one (the same model before any training).
 
     python -m embeddings.evaluate --config experiments/configs/embeddings/demo.yaml --data data/demo \
-        --encoder stage1=data/demo/embeddings/checkpoints/stage1 --encoder stage2=.../stage2 [...]
+        --encoder stage1=data/demo/embeddings/checkpoints/stage1 --encoder stage2=.../stage2 \
+        [--encoder stage2_alone=... --encoder title_only=... --encoder image_only=...] [key=value ...]
 
 Metrics (names `<encoder>/<metric>`, DESIGN.md section 9), on held-out products and held-out queries:
-- aisle_acc: a linear probe (logistic regression) on product embeddings, trained on training products;
-- relevance_f1: macro-F1 of a logistic regression on [p*q, |p-q|, cos(p, q)] predicting the 0/1/2 label;
-- recall_at_10 / ndcg_at_10: each held-out query retrieves from the whole catalog by cosine; relevant products are
-  the ones labelled 2 for it (graded gains 2/1 for nDCG);
-- cos_auc_2v0: AUC of cos(p, q) separating label-2 from label-0 pairs.
-Plots: cosine distributions per label, and a t-SNE of product embeddings coloured by aisle.
+- aisle_acc: a linear probe (standardised softmax regression) on product embeddings, fitted on the training
+  products, scored on the held-out ones (new products and a seeded share of the old);
+- relevance_f1: macro-F1 of the same kind of probe on [p*q, |p-q|, cos(p, q)] predicting the 0/1/2 label, fitted
+  on the training queries' pairs, scored on the held-out queries' pairs;
+- recall_at_10 / ndcg_at_10: each held-out query retrieves from the whole catalog by cosine. Relevant = label 2
+  (gains 2/1 for nDCG). On a simulated world the judgments cover every catalog product (the world's true relevance,
+  read like any golden set); elsewhere only the labelled pairs count;
+- cos_auc_2v0: AUC of cos(p, q) separating label-2 from label-0 pairs of held-out queries.
+Labels: a golden set (the simulator's hidden/relevance_truth: the labels before the labeller's noise) when there is
+one, else the relevance labels; with a golden set cos_auc_2v0_observed reports the AUC against the noisy labels.
+Plots (PNG, logged to MLflow): cosine distributions per label, and a t-SNE of product embeddings coloured by aisle.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from embeddings import data as D
-from embeddings.model import DashClip, build_model, load_checkpoint, load_tokenizer, tokenize
-from embeddings.train import EmbeddingConfig, product_hidden_all
+from embeddings.model import DashClip, build_model, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
+from embeddings.train import EmbeddingConfig, prepare_stage2, product_hidden_all, set_threads
 from experiments.config import add_config_args, config_from_args
 from feature_store.schema import read_table
 from ranking.metrics import auc
 
 METRICS = ("aisle_acc", "relevance_f1", "recall_at_10", "ndcg_at_10", "cos_auc_2v0")
+K = 10
 
 
 @torch.no_grad()
@@ -56,105 +64,185 @@ def embed_queries(model: DashClip, texts: list[str], tokenizer, max_len: int, ba
 class EvalData:
     catalog: D.Catalog
     queries: pd.DataFrame
-    relevance: pd.DataFrame
+    relevance: pd.DataFrame  # label = the evaluation label (golden when there is one); observed = the noisy one
     holdout: D.Holdout
-    label_source: str  # "golden" (noise-free labels) or "labels" (the training labels)
+    label_source: str  # "golden" or "labels"
+    judgments: dict[int, dict[int, int]]  # held-out query id -> {catalog row: gain > 0}
+    judgment_source: str  # "world" (every product judged) or "labels" (the labelled pairs only)
+
+
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-3,
+                 iters: int = 100) -> np.ndarray:
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS, deterministic); returns the
+    predicted classes of x_test. Standardising matters: unit-norm embeddings have tiny coordinates, and an
+    unscaled regularised probe underfits them."""
+    classes, y = np.unique(y_train, return_inverse=True)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    xt = torch.from_numpy(((x_train - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y)
+    w = torch.zeros(xt.shape[1], len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        scores = torch.from_numpy(((x_test - mean) / std).astype(np.float32)) @ w + b
+    return classes[scores.argmax(1).numpy()]
 
 
 def aisle_accuracy(p_emb: np.ndarray, aisles: np.ndarray, train_mask: np.ndarray) -> float:
-    probe = LogisticRegression(max_iter=500, C=1.0).fit(p_emb[train_mask], aisles[train_mask])
-    return float(probe.score(p_emb[~train_mask], aisles[~train_mask]))
+    predicted = linear_probe(p_emb[train_mask], aisles[train_mask], p_emb[~train_mask])
+    return float((predicted == aisles[~train_mask]).mean())
 
 
 def pair_features(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     cos = (p * q).sum(1, keepdims=True)
-    return np.hstack([p * q, np.abs(p - q), cos])
+    return np.hstack([p * q, np.abs(p - q), cos])  # [n, 2D + 1]
 
 
-def retrieval(p_emb: np.ndarray, q_emb: np.ndarray, gains: list[dict[int, int]], k: int = 10) -> tuple[float, float]:
-    """Mean recall@k (relevant = gain 2) and nDCG@k (graded gains) of queries retrieving from all products."""
+def retrieval(p_emb: np.ndarray, q_emb: np.ndarray, judgments: list[dict[int, int]], k: int = K) -> tuple[float, float]:
+    """Mean recall@k (relevant = gain 2; denominator min(#relevant, k)) and nDCG@k (gains 2^g - 1) of queries
+    [Q, D] retrieving from all products [N, D] by cosine; queries without a relevant product are skipped."""
     scores = q_emb @ p_emb.T  # [Q, N]
-    top = np.argpartition(-scores, k, axis=1)[:, :k]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+    top = np.argpartition(-scores, k, axis=1)[:, :k]  # [Q, k] unordered
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)  # [Q, k] best first
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     recalls, ndcgs = [], []
-    for row, g in zip(top, gains):
-        relevant = {i for i, v in g.items() if v == 2}
+    for row, gains in zip(top, judgments):
+        relevant = {i for i, g in gains.items() if g == 2}
         if not relevant:
             continue
         recalls.append(len(relevant & set(row.tolist())) / min(len(relevant), k))
-        dcg = sum(discounts[r] * (2 ** g.get(int(i), 0) - 1) for r, i in enumerate(row))
-        ideal = sorted(g.values(), reverse=True)[:k]
-        idcg = sum(discounts[r] * (2**v - 1) for r, v in enumerate(ideal))
-        ndcgs.append(dcg / idcg)
-    return float(np.mean(recalls)), float(np.mean(ndcgs))
+        dcg = sum(discounts[r] * (2 ** gains.get(int(i), 0) - 1) for r, i in enumerate(row))
+        ideal = sorted(gains.values(), reverse=True)[:k]
+        ndcgs.append(dcg / sum(discounts[r] * (2**g - 1) for r, g in enumerate(ideal)))
+    return float(np.mean(recalls)) if recalls else float("nan"), float(np.mean(ndcgs)) if ndcgs else float("nan")
 
 
 def evaluate_embeddings(p_emb: np.ndarray, q_emb_of: dict[int, np.ndarray], ev: EvalData) -> tuple[dict, pd.DataFrame]:
-    """All metrics for one encoder; also returns the held-out pairs with their cosine (for plots)."""
+    """All metrics of one encoder; also returns the held-out pairs with their cosine (for the plot)."""
     cat = ev.catalog
     row_of = {int(p): i for i, p in enumerate(cat.product_ids)}
     rel = ev.relevance[ev.relevance.product_id.isin(row_of)]
     held = rel.query_id.isin(ev.holdout.heldout_queries).to_numpy()
-    p = p_emb[rel.product_id.map(row_of).to_numpy()]
-    q = np.stack([q_emb_of[int(x)] for x in rel.query_id])
-    feats, labels = pair_features(p, q), rel.label.to_numpy()
-    clf = LogisticRegression(max_iter=500, C=1.0).fit(feats[~held], labels[~held])
-    f1 = f1_score(labels[held], clf.predict(feats[held]), average="macro")
+    p = p_emb[rel.product_id.map(row_of).to_numpy()]  # [n, D]
+    q = np.stack([q_emb_of[int(x)] for x in rel.query_id])  # [n, D]
+    labels = rel.label.to_numpy()
+    feats = pair_features(p, q)
+    predicted = linear_probe(feats[~held], labels[~held], feats[held])
     cos = (p * q).sum(1)
-    pairs = pd.DataFrame({"label": labels[held], "cos": cos[held]})
-    two_vs_zero = pairs[pairs.label != 1]
-    heldout_rel = rel[held]
-    gains = [dict(zip(g.product_id.map(row_of), g.label)) for _, g in heldout_rel.groupby("query_id")]
-    q_ids = [int(x) for x, _ in heldout_rel.groupby("query_id")]
-    recall, ndcg = retrieval(p_emb, np.stack([q_emb_of[x] for x in q_ids]), gains)
+    pairs = pd.DataFrame({"label": labels[held], "observed": rel.observed.to_numpy()[held], "cos": cos[held]})
+    qids = sorted(ev.judgments)
+    recall, ndcg = retrieval(p_emb, np.stack([q_emb_of[x] for x in qids]), [ev.judgments[x] for x in qids])
     metrics = {
         "aisle_acc": aisle_accuracy(p_emb, cat.aisles, ev.holdout.train_products),
-        "relevance_f1": float(f1),
+        "relevance_f1": float(f1_score(labels[held], predicted, average="macro")),
         "recall_at_10": recall,
         "ndcg_at_10": ndcg,
-        "cos_auc_2v0": auc((two_vs_zero.label == 2).astype(int).to_numpy(), two_vs_zero.cos.to_numpy()),
+        "cos_auc_2v0": _auc_2v0(pairs.label.to_numpy(), pairs.cos.to_numpy()),
     }
+    if ev.label_source == "golden":
+        metrics["cos_auc_2v0_observed"] = _auc_2v0(pairs.observed.to_numpy(), pairs.cos.to_numpy())
     return metrics, pairs
 
 
-def evaluate_model(model: DashClip, ev: EvalData, cfg: EmbeddingConfig) -> tuple[dict, pd.DataFrame, np.ndarray]:
-    tokenizer = load_tokenizer(cfg.model)
-    p_emb = embed_products(model, ev.catalog, tokenizer, cfg.model.max_title_len)
-    qids = np.unique(ev.relevance.query_id.to_numpy())
-    texts = ev.queries.set_index("query_id").loc[qids, "query_text"].tolist()
-    q_emb = embed_queries(model, texts, tokenizer, cfg.model.max_query_len)
-    metrics, pairs = evaluate_embeddings(p_emb, dict(zip(qids.tolist(), q_emb)), ev)
-    return metrics, pairs, p_emb
+def _auc_2v0(labels: np.ndarray, cos: np.ndarray) -> float:
+    keep = labels != 1
+    return auc((labels[keep] == 2).astype(np.int8), cos[keep])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation data: hold-out, golden labels, retrieval judgments
+
+
+def world_judgments(data_dir: Path, catalog: D.Catalog, query_ids: np.ndarray) -> dict[int, dict[int, int]] | None:
+    """Every catalog product's true relevance to each query, from the simulated world that wrote data_dir (rebuilt
+    from world.json's config: about a second for the demo world). None when data_dir is not a simulated world or
+    the rebuilt catalog does not match the products table (a guard against a stale world.json)."""
+    meta = Path(data_dir) / "world.json"
+    if not meta.is_file():
+        return None
+    import dataclasses
+
+    from experiments.world import WorldConfig, build_world, true_labels
+
+    config = json.loads(meta.read_text()).get("config", {})
+    known = {f.name for f in dataclasses.fields(WorldConfig)}
+    try:
+        world = build_world(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in config.items() if k in known}))
+    except Exception:  # noqa: BLE001 - any mismatch means: no world judgments
+        return None
+    p_index = catalog.product_ids - 1  # the simulator numbers products and queries from 1
+    if p_index.min(initial=0) < 0 or p_index.max(initial=-1) >= world.n_products or \
+            [world.p_title[i] for i in p_index] != catalog.titles:
+        return None
+    q_index = np.asarray(query_ids) - 1
+    if q_index.max(initial=-1) >= len(world.q_text):
+        return None
+    out = {}
+    for qid, qi in zip(query_ids, q_index):
+        gains = true_labels(world, np.full(len(p_index), qi), p_index)  # [N] 0/1/2
+        rows = np.flatnonzero(gains)
+        out[int(qid)] = dict(zip(rows.tolist(), gains[rows].tolist()))
+    return out
 
 
 def load_eval_data(cfg: EmbeddingConfig, data_dir: Path) -> EvalData:
-    """Evaluation pairs. Where a golden set exists (the simulator's hidden/relevance_truth: the labels before the
-    labeller's noise) the metrics use it, as a team would use human-verified labels; otherwise the labels."""
+    """The catalog, queries, hold-out split (the training one: same seed and shares), evaluation labels and
+    retrieval judgments for the held-out queries."""
     from embeddings.train import stage2_inputs
 
     catalog, queries, relevance, holdout = stage2_inputs(cfg, data_dir)
+    relevance = relevance.assign(observed=relevance.label)
     golden = Path(data_dir) / "hidden" / "relevance_truth"
+    label_source = "labels"
     if golden.is_dir():
         truth = read_table("relevance_truth", golden).to_pandas()
         relevance = relevance.drop(columns="label").merge(truth, on=["query_id", "product_id"], validate="one_to_one")
         relevance = relevance.rename(columns={"true_label": "label"})
-    return EvalData(catalog, queries, relevance, holdout, "golden" if golden.is_dir() else "labels")
+        label_source = "golden"
+    held = relevance[relevance.query_id.isin(holdout.heldout_queries)]
+    qids = np.unique(held.query_id.to_numpy())
+    judgments, judgment_source = world_judgments(data_dir, catalog, qids), "world"
+    if judgments is None:
+        row_of = {int(p): i for i, p in enumerate(catalog.product_ids)}
+        judgments, judgment_source = {}, "labels"
+        for qid, group in held[held.label > 0].groupby("query_id"):
+            judgments[int(qid)] = {row_of[int(p)]: int(g) for p, g in zip(group.product_id, group.label)}
+    return EvalData(catalog, queries, relevance, holdout, label_source, judgments, judgment_source)
+
+
+def evaluate_model(model: DashClip, ev: EvalData, cfg: EmbeddingConfig) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    tokenizer = load_tokenizer(model.cfg)
+    p_emb = embed_products(model, ev.catalog, tokenizer, model.cfg.max_title_len)
+    qids = np.unique(np.concatenate([ev.relevance.query_id.to_numpy(), np.fromiter(ev.judgments, np.int64)]))
+    texts = ev.queries.set_index("query_id").loc[qids, "query_text"].tolist()
+    q_emb = embed_queries(model, texts, tokenizer, model.cfg.max_query_len)
+    metrics, pairs = evaluate_embeddings(p_emb, dict(zip(qids.tolist(), q_emb)), ev)
+    return metrics, pairs, p_emb
 
 
 def offshelf_model(cfg: EmbeddingConfig) -> DashClip:
-    """The encoder before any training, evaluated the way stage 2 would start from it."""
+    """The encoder before any training, evaluated the way stage 2 would start from it (query side = title side)."""
     model = build_model(cfg.model, seed=cfg.seed)
-    model.start_stage2()
+    prepare_stage2(model, keep_product_proj=False)
     return model
 
 
 def load_encoder(path: Path, cfg: EmbeddingConfig) -> DashClip:
+    """A trained checkpoint; a stage-1 one gets its query side and product_proj from its title encoder, the way
+    stage 2 starts from it."""
     model, _ = load_checkpoint(path, expected_cfg=cfg.model)
-    import json
-
-    if json.loads((Path(path) / "model_config.json").read_text()).get("stage") == 1:
-        model.start_stage2()  # a stage-1 model's query side is its title encoder
+    meta = read_checkpoint_meta(path)
+    if meta.get("stage") == 1:
+        prepare_stage2(model, keep_product_proj=meta.get("product_proj_trained", False))
     return model
 
 
@@ -162,51 +250,57 @@ def load_encoder(path: Path, cfg: EmbeddingConfig) -> DashClip:
 # plots
 
 
-def plot_cosines(pairs_by_encoder: dict[str, pd.DataFrame], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_cosines(pairs_by_encoder: dict[str, pd.DataFrame], path: Path) -> None:
+    plt = _pyplot()
     n = len(pairs_by_encoder)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    bins = np.linspace(-1, 1, 51)
     for ax, (name, pairs) in zip(axes[0], pairs_by_encoder.items()):
         for label, colour in ((0, "tab:red"), (1, "tab:orange"), (2, "tab:green")):
-            ax.hist(pairs.cos[pairs.label == label], bins=40, alpha=0.5, density=True, color=colour, label=f"label {label}")
+            ax.hist(pairs.cos[pairs.label == label], bins=bins, alpha=0.5, density=True, color=colour,
+                    label=f"label {label}")
         ax.set_title(name)
         ax.set_xlabel("cos(product, query)")
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_tsne(emb_by_encoder: dict[str, np.ndarray], aisles: np.ndarray, path: Path, n: int = 1500, seed: int = 0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_tsne(emb_by_encoder: dict[str, np.ndarray], aisles: np.ndarray, path: Path, n: int = 1200,
+              seed: int = 0) -> None:
     from sklearn.manifold import TSNE
 
+    plt = _pyplot()
     idx = np.random.default_rng(seed).choice(len(aisles), size=min(n, len(aisles)), replace=False)
     names = sorted(set(aisles[idx]))
     colour = np.array([names.index(a) for a in aisles[idx]])
     k = len(emb_by_encoder)
-    fig, axes = plt.subplots(1, k, figsize=(4.5 * k, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 4.2), squeeze=False)
     for ax, (name, emb) in zip(axes[0], emb_by_encoder.items()):
-        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(emb[idx])
+        perplexity = min(30.0, max(2.0, (len(idx) - 1) / 3))
+        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(emb[idx])
         ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab20", s=4)
         ax.set_title(f"{name}: products by aisle")
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def format_table(results: dict[str, dict]) -> str:
-    head = f"{'encoder':<12}" + "".join(f"{m:>14}" for m in METRICS)
-    rows = [f"{name:<12}" + "".join(f"{r[m]:>14.4f}" for m in METRICS) for name, r in results.items()]
+    head = f"{'encoder':<14}" + "".join(f"{m:>14}" for m in METRICS)
+    rows = [f"{name:<14}" + "".join(f"{r[m]:>14.4f}" for m in METRICS) for name, r in results.items()]
     return "\n".join([head, *rows])
 
 
@@ -214,43 +308,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m embeddings.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--encoder", action="append", default=[], metavar="NAME=CHECKPOINT",
-                        help="an encoder to evaluate (repeatable); offshelf is always included")
-    parser.add_argument("--out", type=Path, default=None, help="folder for plots and the table (default <data>/embeddings/eval)")
-    parser.add_argument("--no-tsne", action="store_true")
+                        help="an encoder to evaluate (repeatable), e.g. stage1=..., stage2=..., title_only=...; "
+                             "offshelf (the untrained model) is always included")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the plots and the table (default <data>/embeddings/eval)")
+    parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE picture (the slowest part)")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(EmbeddingConfig, args)
-    encoders = {"offshelf": None}
+    set_threads(cfg.threads)
+    encoders: dict[str, Path | None] = {"offshelf": None}
     for spec in args.encoder:
         name, sep, path = spec.partition("=")
-        if not sep or not path:
+        if not sep or not name or not path:
             parser.error(f"--encoder expects NAME=CHECKPOINT, got {spec!r}")
         encoders[name] = Path(path)
     out = args.out or args.data / "embeddings" / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    ev = load_eval_data(cfg, args.data)
-    results, pairs, embs = {}, {}, {}
-    for name, path in encoders.items():
-        model = offshelf_model(cfg) if path is None else load_encoder(path, cfg)
-        results[name], pairs[name], embs[name] = evaluate_model(model, ev, cfg)
-        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()), flush=True)
-    table = format_table(results)
-    print(f"evaluation labels: {ev.label_source}")
-    print(table)
-    (out / "comparison.txt").write_text(table + "\n")
-    plot_cosines(pairs, out / "cosine_by_label.png")
-    if not args.no_tsne:
-        plot_tsne({k: v for k, v in embs.items() if k in ("offshelf", "stage1", "stage2")} or embs,
-                  ev.catalog.aisles, out / "tsne_aisles.png", seed=cfg.seed)
 
     import mlflow
 
     from experiments.tracking import setup_mlflow
 
     setup_mlflow("dashclip-embeddings")
+    started = time.perf_counter()
     with mlflow.start_run(run_name=f"{cfg.name}/evaluate"):
-        mlflow.set_tags({"stage": "evaluate", "data": str(args.data), "eval_labels": ev.label_source})
-        mlflow.log_metrics({f"{name}/{k}": v for name, r in results.items() for k, v in r.items()})
+        ev = load_eval_data(cfg, args.data)
+        mlflow.set_tags({"stage": "evaluate", "data": str(args.data), "eval_labels": ev.label_source,
+                         "retrieval_judgments": ev.judgment_source,
+                         **{f"encoder.{k}": str(v or "untrained") for k, v in encoders.items()}})
+        results, pairs, embs = {}, {}, {}
+        for name, path in encoders.items():
+            model = offshelf_model(cfg) if path is None else load_encoder(path, cfg)
+            results[name], pairs[name], embs[name] = evaluate_model(model, ev, cfg)
+            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()), flush=True)
+            mlflow.log_metrics({f"{name}/{k}": v for k, v in results[name].items()})
+        table = format_table(results)
+        print(f"labels: {ev.label_source}; retrieval judgments: {ev.judgment_source}; "
+              f"{len(ev.judgments)} held-out queries, {int((~ev.holdout.train_products).sum())} held-out products")
+        print(table)
+        (out / "comparison.txt").write_text(table + "\n")
+        (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot_cosines(pairs, out / "cosine_by_label.png")
+        if not args.no_tsne:
+            shown = {k: v for k, v in embs.items() if k in ("offshelf", "stage1", "stage2")} or embs
+            plot_tsne(shown, ev.catalog.aisles, out / "tsne_aisles.png", seed=cfg.seed)
+        mlflow.log_metric("evaluate/seconds", time.perf_counter() - started)
         mlflow.log_artifacts(str(out))
     return 0
 

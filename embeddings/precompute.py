@@ -3,14 +3,20 @@
     python -m embeddings.precompute --data data/demo --checkpoint data/demo/embeddings/checkpoints/stage2 [--version V]
 
 Writes data/<name>/embeddings/<version>/{products,queries}/part-*.parquet (tables product_embeddings and
-query_embeddings of feature_store.schema) and metadata.json {embedding_version, embedding_dim, model}, through a
-temporary sibling folder renamed into place. A product's vector is available from its created_ts (event_ts); query
-vectors from the start of time.
+query_embeddings of feature_store.schema: id, embedding list<float32>, model_version, event_ts) and metadata.json
+{embedding_version, embedding_dim, model, ...}, through a temporary sibling folder renamed into place, so a reader
+never sees half a version. The version defaults to dashclip-<hash of the weights>: the same checkpoint always gets
+the same name, another checkpoint never does.
+
+event_ts (when the vector may be used, for point-in-time joins): a product's created_ts; a query's first
+impression minus one day (the query existed before anyone was shown ads for it), or 1970-01-01 for a query with no
+impressions (or a dataset without an impressions table).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -20,77 +26,116 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
 from embeddings.data import load_catalog, load_queries
 from embeddings.model import DashClip, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
-from feature_store.schema import write_table
+from feature_store.schema import read_table, write_table
 
 ROWS_PER_PART = 50_000
-EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+EPOCH_US = 0  # 1970-01-01T00:00:00Z
+DAY_US = 86_400 * 1_000_000
 
 
 def default_version(checkpoint: Path) -> str:
-    """dashclip-<fingerprint of the weights>: the same checkpoint always gets the same version."""
-    import hashlib
+    """dashclip-<first 10 hex digits of the weights' sha256>."""
+    digest = hashlib.sha256()
+    with open(Path(checkpoint) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"dashclip-{digest.hexdigest()[:10]}"
 
-    digest = hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()[:10]
-    return f"dashclip-{digest}"
 
-
-def _embedding_table(key: str, ids: np.ndarray, emb: np.ndarray, version: str, event_ts) -> pa.Table:
+def _embedding_table(key: str, ids: np.ndarray, emb: np.ndarray, version: str, event_us: np.ndarray) -> pa.Table:
     flat = pa.array(emb.astype(np.float32).ravel(), pa.float32())
     offsets = pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32))
     return pa.table({key: ids.astype(np.int64), "embedding": pa.ListArray.from_arrays(offsets, flat),
-                     "model_version": pa.array([version] * len(ids)),
-                     "event_ts": pa.array(event_ts, pa.timestamp("us", tz="UTC"))})
+                     "model_version": pa.array([version] * len(ids), pa.string()),
+                     "event_ts": pa.array(event_us.astype(np.int64), pa.timestamp("us", tz="UTC"))})
+
+
+def query_event_us(data_dir: Path, query_ids: np.ndarray) -> np.ndarray:
+    """[Q] int64 microseconds: first impression of each query minus one day, else the epoch."""
+    out = np.full(len(query_ids), EPOCH_US, dtype=np.int64)
+    folder = data_dir / "raw" / "impressions"
+    if not folder.is_dir():
+        return out
+    imp = read_table("impressions", folder, columns=["query_id", "ts"])
+    first = imp.group_by("query_id").aggregate([("ts", "min")])
+    qid = first.column("query_id").to_numpy()
+    ts = pc.cast(first.column("ts_min"), pa.int64()).to_numpy()
+    pos = pd.Index(query_ids).get_indexer(qid)
+    known = pos >= 0
+    out[pos[known]] = np.maximum(ts[known] - DAY_US, EPOCH_US)
+    return out
 
 
 @torch.no_grad()
 def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, batch_size: int = 256,
                progress: bool = True) -> Path:
+    """Embed every product and query with a checkpoint; returns the version folder."""
     data_dir, checkpoint = Path(data_dir), Path(checkpoint)
-    model, _ = load_checkpoint(checkpoint)
+    model: DashClip
+    model, cfg = load_checkpoint(checkpoint)
     model.eval()
-    cfg = model.cfg
     version = version or default_version(checkpoint)
+    if not version or "/" in version or version.startswith("."):
+        raise ValueError(f"--version {version!r}: a version is a plain folder name")
     tokenizer = load_tokenizer(cfg)
+    dim = model.embed_dim
     out = data_dir / "embeddings" / version
     tmp = out.parent / f".{version}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         catalog = load_catalog(data_dir, cfg.image_size, with_images=model.product_input != "title")
-        for part, s in enumerate(tqdm(range(0, len(catalog), ROWS_PER_PART), desc="product parts", disable=True)):
-            rows = range(s, min(s + ROWS_PER_PART, len(catalog)))
+        if catalog.skipped_images:
+            raise ValueError("precompute embeds every product; fix the unreadable pictures first")
+        created_us = pc.cast(pa.array(catalog.created_ts, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
+        batches = tqdm(total=len(catalog), desc="products", unit="product", disable=not progress)
+        for part, start in enumerate(range(0, len(catalog), ROWS_PER_PART)):
+            stop = min(start + ROWS_PER_PART, len(catalog))
             emb = []
-            for b in tqdm(range(rows.start, rows.stop, batch_size), desc="products", unit="batch", disable=not progress):
-                sl = slice(b, min(b + batch_size, rows.stop))
+            for b in range(start, stop, batch_size):
+                sl = slice(b, min(b + batch_size, stop))
                 ids, mask = tokenize(tokenizer, catalog.titles[sl], cfg.max_title_len)
                 px = None if catalog.pixels is None else catalog.pixels[sl]
-                emb.append(model.encode_product(ids, mask, px).numpy())
-            table = _embedding_table("product_id", catalog.product_ids[rows.start : rows.stop], np.concatenate(emb),
-                                     version, catalog.created_ts.iloc[rows.start : rows.stop].to_numpy())
-            write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=model.embed_dim)
+                emb.append(model.encode_product(ids, mask, px).numpy())  # [b, D]
+                batches.update(sl.stop - sl.start)
+            table = _embedding_table("product_id", catalog.product_ids[start:stop], np.concatenate(emb), version,
+                                     created_us[start:stop])
+            write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=dim)
+        batches.close()
         queries = load_queries(data_dir)
         texts, qids = queries.query_text.tolist(), queries.query_id.to_numpy()
-        for part, s in enumerate(range(0, len(texts), ROWS_PER_PART)):
+        event_us = query_event_us(data_dir, qids)
+        batches = tqdm(total=len(texts), desc="queries", unit="query", disable=not progress)
+        for part, start in enumerate(range(0, len(texts), ROWS_PER_PART)):
+            stop = min(start + ROWS_PER_PART, len(texts))
             emb = []
-            stop = min(s + ROWS_PER_PART, len(texts))
-            for b in tqdm(range(s, stop, 4 * batch_size), desc="queries", unit="batch", disable=not progress):
-                ids, mask = tokenize(tokenizer, texts[b : min(b + 4 * batch_size, stop)], cfg.max_query_len)
+            for b in range(start, stop, 4 * batch_size):  # queries are short: bigger batches
+                e = min(b + 4 * batch_size, stop)
+                ids, mask = tokenize(tokenizer, texts[b:e], cfg.max_query_len)
                 emb.append(model.encode_query(ids, mask).numpy())
-            table = _embedding_table("query_id", qids[s:stop], np.concatenate(emb), version,
-                                     np.full(stop - s, EPOCH.to_datetime64()))
-            write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=model.embed_dim)
-        meta = {"embedding_version": version, "embedding_dim": model.embed_dim, "checkpoint": str(checkpoint),
+                batches.update(e - b)
+            table = _embedding_table("query_id", qids[start:stop], np.concatenate(emb), version, event_us[start:stop])
+            write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=dim)
+        batches.close()
+        meta = {"embedding_version": version, "embedding_dim": dim, "checkpoint": str(checkpoint),
                 "model": read_checkpoint_meta(checkpoint)["model_config"],
-                "products": len(catalog), "queries": len(texts)}
+                "products": len(catalog), "queries": len(texts),
+                "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if out.exists():  # replace an older run of the same version: move it aside, swap, then delete
+            old = out.parent / f".{version}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -103,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a stage-2 (or any DashCLIP) checkpoint folder")
     parser.add_argument("--version", default=None, help="embedding version name (default: dashclip-<weights hash>)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress)
     meta = json.loads((out / "metadata.json").read_text())
+    seconds = time.perf_counter() - started
     print(f"{meta['products']:,} products and {meta['queries']:,} queries embedded ({meta['embedding_dim']}-d) "
-          f"in {time.perf_counter() - started:.1f} s -> {out}")
+          f"in {seconds:.1f} s -> {out}")
     print(meta["embedding_version"])
     return 0
 
