@@ -1,13 +1,37 @@
-"""Export a trained pCTR model as a SavedModel with a `serving_default` signature over raw named features.
+"""Export a trained pCTR model as a SavedModel for TensorFlow Serving (DESIGN.md section 7).
 
-    path = export_model(model, "exports", "dashclip_two_tower")   # exports/dashclip_two_tower/<version>/
+    path = export_model(model, "exports", "dashclip_two_tower", warmup=test_columns)  # exports/<name>/<version>/
     scores = load_serving_fn(path)(**features)["probability"]
 
-The signature takes every raw input by name with an explicit dtype and shape (int64 / string ids [B], float32
-dense [B], float32 embeddings [B, embedding_dim]) and returns `probability` [B] and `logit` [B]; vocabularies and
-normalisation are inside the graph, so `tf.saved_model.load` needs no project code. Versions are integers that
-only grow; each is written to a temporary folder and renamed (TensorFlow Serving's layout, DESIGN.md section 7).
-The serving issue adds the tf.Example signature, warm-up requests and the registry on top of this.
+Layout of `<export_dir>/<model_name>/<version>/` (versions are integers that only grow; each is written to a
+temporary folder and renamed, never overwritten):
+
+    saved_model.pb, variables/          two signatures, both returning probability [B] and logit [B] (float32):
+        serving_default    every raw input by name: int64 / string ids [B], float32 dense [B],
+                           float32 embeddings [B, embedding_dim]
+        serve_tf_example   examples: string [B] of serialized tf.Example protos (tfx-bsl's RunInference takes
+                           only signatures with exactly one string input), parsed with ranking.examples.parse_spec
+    assets.extra/model_info.json        model kind, feature spec, the inputs' dtypes and shapes, the signatures,
+                                        the MLflow run, the embedding version and embedding model
+    assets.extra/tf_serving_warmup_requests   TFRecord of tensorflow_serving PredictionLog records built from real
+                                        rows: one PredictRequest per signature over the same WARMUP_ROWS rows
+
+Vocabularies and normalisation are inside the graph, so `tf.saved_model.load` needs no project code.
+
+What the signatures do with bad input (tests/test_serving_export.py checks each):
+- serving_default, missing input: TypeError "missing a required argument: '<name>'".
+- serving_default, wrong embedding width or rank, or inputs of different batch sizes: InvalidArgumentError from
+  the in-graph checks, naming the input ("Shape of tensor product_embedding [2,15] is not compatible with
+  expected shape [?,16]").
+- serving_default, wrong dtype: the loaded function raises InvalidArgumentError "input #k (zero-based, inputs
+  sorted by name) was expected to be a int64 tensor"; its __context__ is the TypeError naming the input.
+- serve_tf_example: an example without a feature fails parsing with "Feature: <name> (data type: ...) is
+  required"; an embedding list of another length fails parsing naming the key.
+- Unseen ids (int or string) are not errors: they map to the OOV buckets inside the graph and score like any
+  id never seen in training. NaN in a dense input is replaced by the train mean under nan_policy=impute.
+- An empty batch returns empty `probability` and `logit` tensors [0].
+Python callers (the online scorer, `python -m ranking.export --verify`) call `check_request(features, inputs)`
+first: a plain ValueError naming the input and its expected dtype and shape, before any TensorFlow call.
 """
 
 from __future__ import annotations
@@ -16,29 +40,61 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from ranking._tf import tf
 from ranking.data import FeatureSpec, input_signature
+from ranking.examples import check_columns, encode_examples, parse_spec
 from ranking.models import PCTRModel, build_model
+
+SIGNATURES = ("serving_default", "serve_tf_example")
+OUTPUTS = {"probability": {"dtype": "float32", "shape": [-1]}, "logit": {"dtype": "float32", "shape": [-1]}}
+EXAMPLES_INPUT = "examples"
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_ROWS = 16
 
 
 class _Serving(tf.Module):
-    """Holds the model's variables and the signature function; no optimizer, no training state."""
+    """Holds the model's variables and the two signature functions; no optimizer, no training state."""
 
     def __init__(self, model: PCTRModel):
         super().__init__()
         self.model = model
         spec = model.spec
         signature = {name: input_signature(spec, name) for name in spec.inputs}
+        features = parse_spec(signature_description(spec))
 
         @tf.function(input_signature=[signature])
-        def serve(features):
-            logits = self.model(features, training=False)  # [B]
+        def serve(inputs):
+            logits = self.model(_checked_shapes(inputs, signature), training=False)  # [B]
+            return {"probability": tf.sigmoid(logits), "logit": logits}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+        def serve_tf_example(examples):
+            parsed = tf.io.parse_example(examples, features)  # {name: [B] or [B, dim]}, same dtypes as `serve`
+            logits = self.model(parsed, training=False)  # [B]
             return {"probability": tf.sigmoid(logits), "logit": logits}
 
         self.serve = serve
+        self.serve_tf_example = serve_tf_example
+
+
+def _checked_shapes(inputs: dict, signature: dict) -> dict:
+    """The inputs with their shapes checked in-graph, so a wrong embedding width or rank, or inputs of different
+    batch sizes, fail with an error naming the input. (A loaded signature does not check shapes itself: its
+    flat call path passes any shape through to the first op that breaks, whose error names a layer instead.)"""
+    names = list(signature)
+    batch = tf.shape(inputs[names[0]])[0]
+    out = {}
+    for name in names:
+        expected = signature[name].shape
+        x = tf.ensure_shape(inputs[name], expected, name=f"check_{name}")
+        tf.debugging.assert_equal(tf.shape(x)[0], batch, message=(
+            f"input '{name}' has another batch size than '{names[0]}': every input needs one row per candidate"))
+        out[name] = x
+    return out
 
 
 def next_version(root: Path) -> int:
@@ -47,13 +103,18 @@ def next_version(root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extra_assets: dict | None = None) -> Path:
-    """Write `<export_dir>/<model_name>/<version>/` and return it. The model is copied into a fresh instance
-    first, so the SavedModel holds the weights only (no optimizer slots)."""
+def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extra_assets: dict | None = None,
+                 warmup: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write `<export_dir>/<model_name>/<version>/` and return it.
+
+    The model is copied into a fresh instance first, so the SavedModel holds the weights only (no optimizer
+    slots). `warmup`: columns of real rows (e.g. the test split's); the first WARMUP_ROWS become the warm-up
+    requests. extra_assets go into model_info.json (the MLflow run, the embedding version, ...).
+    """
     root = Path(export_dir) / model_name
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root)
-    tmp = root / f".tmp-{version}-{os.getpid()}"
+    tmp = root / f".tmp-{version}-{os.getpid()}"  # not a number: TensorFlow Serving ignores it
     shutil.rmtree(tmp, ignore_errors=True)
     clean = build_model(model.kind, model.spec, model.prep, model.net)
     tf.train.Checkpoint(model=model).write(str(tmp / "weights" / "ckpt"))  # matched by object path, not order
@@ -64,20 +125,30 @@ def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extr
     logger, level = tf.get_logger(), tf.get_logger().level
     logger.setLevel("ERROR")  # Keras's "skipping full serialization" notes: this export needs no Keras config
     try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve,
+                                                          "serve_tf_example": module.serve_tf_example})
     finally:
         logger.setLevel(level)
     extra = tmp / "assets.extra"
     extra.mkdir(exist_ok=True)
-    info = {"model": model.kind, "feature_spec": model.spec.to_dict(), "inputs": signature_description(model.spec)}
+    inputs = signature_description(model.spec)
+    info = {"model": model.kind, "model_name": model_name, "feature_spec": model.spec.to_dict(), "inputs": inputs,
+            "signatures": {"serving_default": {"inputs": inputs, "outputs": OUTPUTS},
+                           "serve_tf_example": {"inputs": {EXAMPLES_INPUT: {"dtype": "string", "shape": [-1]}},
+                                                "outputs": OUTPUTS}}}
+    if warmup is not None:
+        info["warmup_rows"] = write_warmup(extra / WARMUP_FILE, model_name, warmup, inputs)
     info.update(extra_assets or {})
     (extra / "model_info.json").write_text(json.dumps(info, indent=1, default=str))
-    final = root / str(version)
-    while final.exists():  # another writer took this version meanwhile
-        version += 1
+    while True:
         final = root / str(version)
-    os.replace(tmp, final)
-    return final
+        try:
+            os.rename(tmp, final)  # fails if `final` exists and is not empty: a version is never overwritten
+            return final
+        except OSError:
+            if not final.exists():
+                raise
+            version += 1  # another writer took this version meanwhile
 
 
 def _check_same_weights(a: PCTRModel, b: PCTRModel) -> None:
@@ -95,16 +166,90 @@ def signature_description(spec: FeatureSpec) -> dict[str, dict]:
     return out
 
 
-def load_serving_fn(path: str | Path):
-    """The `serving_default` function of a SavedModel (call it with keyword tensors)."""
-    return tf.saved_model.load(str(path)).signatures["serving_default"]
+def check_request(features: Mapping[str, np.ndarray], inputs: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The request's features checked against the signature's inputs (model_info.json "inputs") and cast to
+    the declared dtypes, ready for `serving_default(**{k: tf.constant(v)})`.
+
+    ValueError naming the input and its expected dtype and shape for a missing input, a wrong dtype (a float
+    for an int64 id, a number for a string id) or a wrong embedding width; inputs not declared are left out.
+    An empty batch (0 rows, embeddings [0, dim]) passes and scores to empty outputs.
+    """
+    return check_columns(features, inputs)
 
 
-def serving_predict(fn, columns: dict[str, np.ndarray], spec: FeatureSpec, batch_size: int = 16384) -> np.ndarray:
-    """P(click) through a loaded signature for numpy columns (row order kept)."""
-    n = len(columns[spec.inputs[0]])
+# ---------------------------------------------------------------------------------------------- warm-up requests
+
+
+def write_warmup(path: Path, model_name: str, columns: Mapping[str, np.ndarray], inputs: dict[str, dict]) -> int:
+    """Write TensorFlow Serving's warm-up file: one PredictionLog per signature over the first WARMUP_ROWS rows
+    (serving_default: one TensorProto per input; serve_tf_example: the same rows as tf.Example protos).
+    Returns the number of rows."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    rows = check_columns({name: v[:WARMUP_ROWS] for name, v in columns.items() if name in inputs}, inputs)
+    n = len(next(iter(rows.values())))
+    if n == 0:
+        raise ValueError("warm-up requests need at least one real row; the columns given are empty")
+    requests = {"serving_default": {name: tf.make_tensor_proto(values) for name, values in rows.items()},
+                "serve_tf_example": {EXAMPLES_INPUT: tf.make_tensor_proto(encode_examples(rows, inputs),
+                                                                          dtype=tf.string)}}
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, tensors in requests.items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature
+            for name, proto in tensors.items():
+                request.inputs[name].CopyFrom(proto)
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return n
+
+
+def read_warmup(version_dir: str | Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The warm-up requests of an export as [(signature name, {input: numpy array})], in file order."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(version_dir) / "assets.extra" / WARMUP_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the export has no warm-up requests")
     out = []
-    for start in range(0, n, batch_size):
-        feed = {name: tf.constant(columns[name][start:start + batch_size]) for name in spec.inputs}
-        out.append(fn(**feed)["probability"].numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        out.append((request.model_spec.signature_name,
+                    {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- calling it
+
+
+def load_serving_fn(path: str | Path, signature: str = "serving_default"):
+    """One signature function of a SavedModel (serving_default: call it with keyword tensors)."""
+    return tf.saved_model.load(str(path)).signatures[signature]
+
+
+def _batches(columns: Mapping[str, np.ndarray], spec: FeatureSpec, batch_size: int):
+    """The columns in row slices of batch_size, each checked with check_request; at least one (maybe empty)
+    batch, so bad columns raise even for zero rows. Embeddings become dense one batch at a time."""
+    inputs = signature_description(spec)
+    first = spec.inputs[0]
+    n = len(columns[first]) if first in columns else 0
+    for start in range(0, max(n, 1), batch_size):
+        yield check_request({name: v[start:start + batch_size] for name, v in columns.items() if name in inputs},
+                            inputs)
+
+
+def serving_predict(fn, columns: Mapping[str, np.ndarray], spec: FeatureSpec, batch_size: int = 16384) -> np.ndarray:
+    """P(click) through a loaded `serving_default` signature for numpy columns (row order kept), float64."""
+    out = [fn(**{name: tf.constant(v) for name, v in batch.items()})["probability"].numpy()
+           for batch in _batches(columns, spec, batch_size)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def examples_predict(fn, columns: Mapping[str, np.ndarray], spec: FeatureSpec, batch_size: int = 16384) -> np.ndarray:
+    """P(click) through a loaded `serve_tf_example` signature: the rows go in as serialized tf.Example protos."""
+    inputs = signature_description(spec)
+    out = [fn(examples=tf.constant(encode_examples(batch, inputs), dtype=tf.string))["probability"].numpy()
+           for batch in _batches(columns, spec, batch_size)]
+    return np.concatenate(out).astype(np.float64)

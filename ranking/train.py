@@ -320,10 +320,11 @@ def _export(cfg: RankingConfig, ctx: _Context, result: ModelResult, parent_id: s
     from ranking.trainer import predict
 
     data = ctx.data
+    test = data["test"]
     path = export_model(result.model, cfg.export_dir, cfg.export_model, extra_assets={
         "mlflow_run_id": result.run_id, "mlflow_parent_run_id": parent_id, "embedding_version": data.embedding_version,
-        "training_set": str(data.path)})
-    test = data["test"]
+        "embedding_model": data.metadata.get("embedding_model", {}), "training_set": str(data.path)},
+        warmup=test.columns)
     rows = test.take(np.arange(min(len(test), 4096)))
     reloaded = serving_predict(load_serving_fn(path), rows.columns, data.spec)
     direct = predict(result.model, rows, data.spec)
