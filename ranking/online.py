@@ -1,0 +1,177 @@
+"""Online scoring: one request (a user, a query, N candidate ads) -> online features -> SavedModel -> ranked ads.
+
+    ranker = OnlineRanker("exports/dashclip_two_tower/3", data_dir="data/demo")   # the A/B simulation's entry point
+    ranked = ranker.rank(user_id=7, query_id=42, product_ids=[...], ad_ids=[...],
+                         context={"ts": now, "device": "app", "position": [1, 2, ...], "discount": [...],
+                                  "store_distance_km": [...], "campaign_id": [...], "advertiser_id": [...]})
+    ranked  # DataFrame product_id, ad_id, probability: highest probability first
+
+    p = ranker.score(features)   # features already fetched: {input: [N] or [N, dim] array} -> float32 [N]
+
+`score` checks every model input (name, dtype, shape; model_info.json of the export is the contract) and raises a
+ValueError naming the input, then calls the `serving_default` concrete function once: no Keras, no `predict`
+(DESIGN.md section 10: `predict_on_batch` costs 3-5x the signature call). Unknown ids need no special handling:
+the exported graph maps ids it never saw in training to its OOV buckets.
+
+`rank` fills the model inputs from three places, in this order: the request's ids (user_id and query_id, repeated
+per candidate; product_id and ad_id), the feature store's online features (feature_store.online.OnlineFeatures:
+every training-set feature except ids, ts and labels), and `context` entries of the same name (a scalar for the
+whole request or one value per candidate; e.g. campaign_id and advertiser_id, which the ad server knows with the
+candidates and the feature store does not serve). An input found in none of them is a ValueError naming it.
+
+For latency measurements, `single_thread=True` (or `set_single_thread()` before anything runs in TensorFlow) pins
+TensorFlow to one intra-op and one inter-op thread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Accepted numpy kinds per declared dtype; values of these kinds are cast, anything else is a dtype error.
+_KINDS = {"int64": "iu", "float32": "fiu", "string": "SUO"}
+_NUMPY = {"int64": np.int64, "float32": np.float32, "string": None}
+REQUEST_IDS = ("user_id", "query_id", "product_id", "ad_id")
+
+
+def set_single_thread() -> None:
+    """One intra-op and one inter-op thread for TensorFlow (call before TensorFlow has run anything)."""
+    from ranking._tf import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError as e:
+        raise RuntimeError("set_single_thread: TensorFlow has already run an op in this process, so its thread "
+                           "pools are fixed; call it (or OnlineRanker(..., single_thread=True)) first") from e
+
+
+def read_model_info(model_dir: str | Path) -> dict:
+    """assets.extra/model_info.json of an exported version folder; ValueError naming what is missing."""
+    model_dir = Path(model_dir)
+    path = model_dir / "assets.extra" / "model_info.json"
+    if not (model_dir / "saved_model.pb").is_file():
+        raise ValueError(f"{model_dir} is not an exported SavedModel version folder (no saved_model.pb)")
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: the model's inputs are unknown")
+    info = json.loads(path.read_text())
+    if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
+        raise ValueError(f"{path} has no 'inputs' section")
+    return info
+
+
+class OnlineRanker:
+    """Scores and ranks one request's candidates with an exported SavedModel.
+
+    model_dir: `<export_dir>/<model>/<version>/`. data_dir / embedding_version: where the online features live
+    (embedding_version defaults to the one the model was trained on, from model_info.json). online: any object
+    with OnlineFeatures' `get(user_id, query_id, product_ids, context, ad_ids=...)` method, used instead of
+    building one from data_dir (tests inject a fake; a service can share one store client). Neither is needed
+    for `score`.
+    """
+
+    def __init__(self, model_dir: str | Path, data_dir: str | Path | None = None,
+                 embedding_version: str | None = None, online=None, single_thread: bool = False):
+        if single_thread:
+            set_single_thread()
+        from ranking._tf import tf
+
+        self.model_dir = Path(model_dir)
+        self.info = read_model_info(self.model_dir)
+        self._loaded = tf.saved_model.load(str(self.model_dir))  # keeps the variables alive
+        self._fn = self._loaded.signatures["serving_default"]
+        # Precomputed once: (name, dtype, numpy dtype, embedding width or None) in signature order.
+        self._inputs = []
+        for name, entry in self.info["inputs"].items():
+            shape = entry["shape"]
+            self._inputs.append((name, entry["dtype"], _NUMPY[entry["dtype"]], shape[1] if len(shape) == 2 else None))
+        self._constant = tf.constant
+        self.embedding_version = embedding_version or self.info.get("embedding_version")
+        self.online = online
+        if online is None and data_dir is not None:
+            from feature_store.online import OnlineFeatures
+
+            self.online = OnlineFeatures(data_dir, self.embedding_version)
+        dims = {width for _, _, _, width in self._inputs if width}
+        store_dim = getattr(self.online, "embedding_dim", None)
+        if store_dim is not None and dims and store_dim not in dims:
+            raise ValueError(f"the online store's embeddings have width {store_dim}, the model {self.model_dir} "
+                             f"expects {sorted(dims)} (embedding_version {self.embedding_version})")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name for name, _, _, _ in self._inputs]
+
+    def _checked(self, features) -> tuple[dict[str, np.ndarray], int]:
+        """The model inputs checked against model_info.json and cast to their declared dtypes (numpy), and the
+        candidate count N (the first input's length)."""
+        feed, n = {}, None
+        for name, dtype, np_dtype, width in self._inputs:
+            if name not in features:
+                shape = f"[N, {width}]" if width else "[N]"
+                raise ValueError(f"missing model input '{name}' ({dtype}, shape {shape})")
+            values = np.asarray(features[name])
+            if n is None:
+                if values.ndim == 0:
+                    raise ValueError(f"input '{name}': expected one value per candidate, got a scalar")
+                n = len(values)
+            if n == 0 and values.size == 0:  # no candidates: any empty array will do
+                feed[name] = values
+                continue
+            if width is None and values.shape != (n,):
+                raise ValueError(f"input '{name}': expected shape [{n}] (one value per candidate), got "
+                                 f"{list(values.shape)}")
+            if width is not None and values.shape != (n, width):
+                raise ValueError(f"input '{name}': expected an embedding of shape [{n}, {width}], got "
+                                 f"{list(values.shape)}")
+            kind = values.dtype.kind
+            if kind not in _KINDS[dtype] or (kind == "O" and not isinstance(values[0], (bytes, str))):
+                got = type(values[0]).__name__ if kind == "O" else values.dtype
+                raise ValueError(f"input '{name}': expected {dtype} values, got {got}")
+            if np_dtype is not None and values.dtype != np_dtype:
+                values = values.astype(np_dtype)
+            feed[name] = values
+        return feed, n
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """P(click) per candidate, float32 [N], in the candidates' order. features: {input: [N] or [N, dim]}."""
+        feed, n = self._checked(features)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        constant = self._constant
+        out = self._fn(**{name: constant(values) for name, values in feed.items()})
+        return out["probability"].numpy()
+
+    def features(self, user_id: int, query_id: int, product_ids, ad_ids, context: dict) -> dict[str, np.ndarray]:
+        """Every model input for one request: request ids, online features, then context entries (see module)."""
+        if self.online is None:
+            raise ValueError("OnlineRanker has no feature source: pass data_dir=... (or online=...) to rank")
+        product_ids = np.asarray(product_ids, np.int64)
+        n = len(product_ids)
+        fetched = self.online.get(user_id, query_id, product_ids.tolist(), context, ad_ids=list(ad_ids))
+        out = {"user_id": np.full(n, user_id, np.int64), "query_id": np.full(n, query_id, np.int64),
+               "product_id": product_ids, "ad_id": np.asarray(ad_ids, np.int64)}
+        for name in self.input_names:
+            if name in out:
+                continue
+            if name in fetched:
+                out[name] = fetched[name]
+            elif name in context:
+                value = np.asarray(context[name])
+                out[name] = np.repeat(value[None], n, axis=0) if value.ndim == 0 else value
+            else:
+                raise ValueError(f"model input '{name}' is neither a request id ({', '.join(REQUEST_IDS)}), nor an "
+                                 f"online feature, nor in the request context: pass context['{name}']")
+        return out
+
+    def rank(self, user_id: int, query_id: int, product_ids, ad_ids, context: dict) -> pd.DataFrame:
+        """Candidates as a DataFrame (product_id, ad_id, probability), highest probability first (ties keep
+        the candidates' order)."""
+        feats = self.features(user_id, query_id, product_ids, ad_ids, context)
+        probability = self.score(feats)
+        order = np.argsort(-probability, kind="stable")
+        return pd.DataFrame({"product_id": feats["product_id"][order], "ad_id": feats["ad_id"][order],
+                             "probability": probability[order]})
