@@ -152,7 +152,9 @@ def _check_widths(file: Path, inputs: dict[str, dict]) -> None:
 
 def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None) -> ScoringPlan:
     """Check the model folder and the input against each other; a BatchScoreError says what is wrong."""
-    model_dir = Path(model_dir)
+    from ranking.saved_model import resolve_version_dir
+
+    model_dir = resolve_version_dir(model_dir)
     info = read_model_info(model_dir)
     names = signature_names(model_dir)
     if SIGNATURE not in names:
@@ -307,7 +309,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m ranking.batch_score", description=__doc__.split("\n\n")[0],
         epilog="Options not listed here go to Beam's PipelineOptions (e.g. --runner=FlinkRunner).")
-    parser.add_argument("--model", required=True, help="exported version folder <export_dir>/<model>/<version>/")
+    parser.add_argument("--model", required=True, help="exported version folder <export_dir>/<model>/<version>/, "
+                        "or <export_dir>/<model>/ for its highest version")
     parser.add_argument("--input", required=True, help="a parquet file or a folder of parquet files")
     parser.add_argument("--output", required=True, help="the output parquet file (key columns + probability)")
     parser.add_argument("--keys", default=None,

@@ -260,9 +260,9 @@ def verify(version_dir: str | Path) -> tuple[float, str]:
     """(max abs difference between the SavedModel and the Keras model over the warm-up requests, report text)."""
     from ranking._tf import tf
     from ranking.examples import parse_spec
-    from ranking.saved_model import EXAMPLES_INPUT, read_warmup
+    from ranking.saved_model import EXAMPLES_INPUT, read_warmup, resolve_version_dir
 
-    version_dir = Path(version_dir)
+    version_dir = resolve_version_dir(version_dir)
     info_path = version_dir / "assets.extra" / "model_info.json"
     if not (version_dir / "saved_model.pb").exists() or not info_path.exists():
         raise ExportError(f"{version_dir} is not an export of ranking.saved_model (no saved_model.pb and "
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranking.export", description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--run", help="MLflow model run id, models:/<name>@<alias> or models:/<name>/<version>")
-    action.add_argument("--verify", metavar="VERSION_DIR", help="an export's <model>/<version> folder to check")
+    action.add_argument("--verify", metavar="VERSION_DIR", help="an export's <model>/<version> folder to check (a <model> folder: its highest version)")
     parser.add_argument("--out", help="export root (required with --run): writes <out>/<model kind>/<version>/")
     parser.add_argument("--alias", choices=ALIASES, help="registry alias to point at the new version")
     parser.add_argument("--register-name", help="registered model name (default pctr-<model kind>)")

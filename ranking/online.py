@@ -66,7 +66,7 @@ def read_model_info(model_dir: str | Path) -> dict:
 class OnlineRanker:
     """Scores and ranks one request's candidates with an exported SavedModel.
 
-    model_dir: `<export_dir>/<model>/<version>/`. data_dir / embedding_version: where the online features live
+    model_dir: `<export_dir>/<model>/<version>/`, or `<export_dir>/<model>/` for its highest version. data_dir / embedding_version: where the online features live
     (embedding_version defaults to the one the model was trained on, from model_info.json). online: any object
     with OnlineFeatures' `get(user_id, query_id, product_ids, context, ad_ids=...)` method, used instead of
     building one from data_dir (tests inject a fake; a service can share one store client). Neither is needed
@@ -79,7 +79,9 @@ class OnlineRanker:
             set_single_thread()
         from ranking._tf import tf
 
-        self.model_dir = Path(model_dir)
+        from ranking.saved_model import resolve_version_dir
+
+        self.model_dir = resolve_version_dir(model_dir)
         self.info = read_model_info(self.model_dir)
         self._loaded = tf.saved_model.load(str(self.model_dir))  # keeps the variables alive
         self._fn = self._loaded.signatures["serving_default"]

@@ -97,6 +97,16 @@ def _checked_shapes(inputs: dict, signature: dict) -> dict:
     return out
 
 
+def resolve_version_dir(path: str | Path) -> Path:
+    """A version folder as given, or for a model folder `<export_dir>/<model>/` its highest version (what
+    TensorFlow Serving serves by default). Unchanged when neither applies: the caller reports what is missing."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file() or not path.is_dir():
+        return path
+    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return max(versions, key=lambda p: int(p.name)) if versions else path
+
+
 def next_version(root: Path) -> int:
     """1 + the highest integer version folder under root (1 for none)."""
     versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []

@@ -161,6 +161,11 @@ def test_export_versions_registry_and_alias(trained, capsys):
     assert "registered as pctr-dashclip_two_tower version 2 (alias challenger)" in capsys.readouterr().out
     assert main(["--run", f"models:/{REGISTERED}/1", "--out", str(out)]) == 0  # by version number
     assert (out / MODEL / "3" / "saved_model.pb").exists()
+    from ranking.saved_model import resolve_version_dir
+
+    (out / MODEL / "10-not-a-version").mkdir()
+    assert resolve_version_dir(out / MODEL) == out / MODEL / "3"  # a model folder means its highest version
+    assert resolve_version_dir(v1) == v1
 
 
 def test_verify_in_a_fresh_process(trained):
