@@ -148,8 +148,10 @@ def itc_loss(
     return ItcOutput((loss_i2t + loss_t2i) / 2, loss_i2t, loss_t2i, sim_i2t, sim_t2i)
 
 
-def _sample_negatives(sim: Tensor, forbidden: Tensor, generator: torch.Generator | None, what: str) -> Tensor:
-    """One index per row drawn with probability softmax(sim) over the allowed columns; sim, forbidden [B, B]."""
+def _sample_negatives(sim: Tensor, forbidden: Tensor, generator: torch.Generator | None, what: str,
+                      uniform_share: float) -> Tensor:
+    """One index per row drawn with probability (1 - u) * softmax(sim) + u * uniform over the allowed columns,
+    u = uniform_share; sim, forbidden [B, B]."""
     impossible = forbidden.all(dim=1)  # [B]
     if impossible.any():
         rows = impossible.nonzero().flatten().tolist()
@@ -158,6 +160,9 @@ def _sample_negatives(sim: Tensor, forbidden: Tensor, generator: torch.Generator
     # Masking logits with -inf before the softmax gives forbidden pairs exactly zero probability (BLIP adds 1e-4
     # and zeroes only the diagonal, which would still draw marked duplicates).
     probs = F.softmax(sim.float().masked_fill(forbidden, float("-inf")), dim=1)  # [B, B]
+    if uniform_share:
+        allowed = (~forbidden).float()  # [B, B]
+        probs = (1.0 - uniform_share) * probs + uniform_share * allowed / allowed.sum(dim=1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [B]
 
 
@@ -166,11 +171,17 @@ def sample_hard_negatives(
     sim_t2i: Tensor,
     generator: torch.Generator | None = None,
     same_item: Tensor | None = None,
+    uniform_share: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """BLIP's ITM hard-negative mining: one negative text per image and one negative image per text.
 
         P(neg text j | image i) = softmax_j(sim_i2t[i, j]) over j != i and not same_item[i, j]
         P(neg image j | text i) = softmax_j(sim_t2i[i, j]) over j != i and not same_item[j, i]
+
+    uniform_share u in [0, 1] mixes in random negatives: P = (1 - u) * softmax + u * uniform over the same allowed
+        candidates (u = 0: BLIP). Hard negatives alone can leave a freshly initialised ITM head nothing it can
+        learn yet (at worst pairs the inputs cannot tell apart, whose best answer is the constant P(match) = 1/3);
+        random ones add easy mismatches.
 
     sim_i2t, sim_t2i: [B, >=B] logits (e.g. `ItcOutput.sim_i2t`); only the first B columns are used, because only
         in-batch images/texts can be fed to the image-grounded text encoder (queue entries are features only).
@@ -180,6 +191,8 @@ def sample_hard_negatives(
     Returns (neg_text_idx [B], neg_image_idx [B]): neg_text_idx[i] is the text paired with image i,
     neg_image_idx[i] the image paired with text i. Raises ValueError when a row has no allowed negative.
     """
+    if not 0.0 <= uniform_share <= 1.0:
+        raise ValueError(f"uniform_share must lie in [0, 1]; got {uniform_share}")
     with torch.no_grad():
         batch = sim_i2t.shape[0]
         if sim_i2t.ndim != 2 or sim_t2i.shape[0] != batch or min(sim_i2t.shape[1], sim_t2i.shape[1]) < batch:
@@ -190,9 +203,10 @@ def sample_hard_negatives(
             if same_item.shape != (batch, batch):
                 raise ValueError(f"same_item must be [B, B] = [{batch}, {batch}]; got {tuple(same_item.shape)}")
             forbidden = forbidden | same_item.to(device=sim_i2t.device, dtype=torch.bool)
-        neg_text_idx = _sample_negatives(sim_i2t[:, :batch].detach(), forbidden, generator, "text")
+        neg_text_idx = _sample_negatives(sim_i2t[:, :batch].detach(), forbidden, generator, "text", uniform_share)
         # Row i of sim_t2i is text i; text i and image j are a positive pair iff same_item[j, i]: transpose.
-        neg_image_idx = _sample_negatives(sim_t2i[:, :batch].detach(), forbidden.T, generator, "image")
+        neg_image_idx = _sample_negatives(sim_t2i[:, :batch].detach(), forbidden.T, generator, "image",
+                                          uniform_share)
     return neg_text_idx, neg_image_idx
 
 

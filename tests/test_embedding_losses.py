@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from embeddings import loss as L
 
@@ -249,6 +250,81 @@ def test_hard_negatives_are_reproducible_gradient_free_and_ignore_queue_columns(
 def test_hard_negatives_refuse_rows_without_any_allowed_negative():
     with pytest.raises(ValueError, match="rows"):
         L.sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), same_item=torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_hard_negatives_mix_in_a_uniform_share():
+    sim = torch.tensor([[5.0, 9.0, 0.0, -1.0], [0.5, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 9.0], [2.0, 1.0, 0.0, 5.0]])
+    same_item = torch.zeros(4, 4, dtype=torch.bool)
+    same_item[3, 0] = True  # image 3 / text 0: a duplicate, never drawn even by the uniform part
+    gen = torch.Generator().manual_seed(4)
+    counts = torch.zeros(4, 4)
+    draws, u = 400, 0.5
+    for _ in range(draws):
+        neg_text, _ = L.sample_hard_negatives(sim, sim.T.contiguous(), generator=gen, same_item=same_item,
+                                              uniform_share=u)
+        counts[torch.arange(4), neg_text] += 1
+    forbidden = torch.eye(4, dtype=torch.bool) | same_item
+    allowed = (~forbidden).float()
+    expected = (1 - u) * torch.softmax(sim.masked_fill(forbidden, float("-inf")), dim=1) \
+        + u * allowed / allowed.sum(1, keepdim=True)
+    assert counts[3, 0] == 0 and (counts.diagonal() == 0).all()
+    # Binomial sd <= 0.025 at 400 draws; pure hard negatives would put 0.98 on column 1 of row 0, not 0.66.
+    assert (counts / draws - expected).abs().max() < 0.08
+
+
+def test_hard_negatives_refuse_a_uniform_share_outside_0_1():
+    with pytest.raises(ValueError, match="uniform_share"):
+        L.sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), uniform_share=1.5)
+
+
+def _train_itm_on_look_alike_world(uniform_share: float, steps: int = 200) -> tuple[float, float]:
+    """A world whose pictures show only the product type: G types x M brands, image = one-hot type, title = one-hot
+    type + one-hot brand, and an ITC that has learned the types (sim 10 within a type, 0 across). A small MLP ITM
+    head is trained with negatives from sample_hard_negatives. Returns (mean ITM loss of the last 50 steps,
+    held-out AUC of P(match) for positives vs negatives of another type)."""
+    G, M = 4, 8
+    types = torch.arange(G).repeat_interleave(M)  # [G*M]
+    brands = torch.arange(M).repeat(G)  # [G*M]
+    image = F.one_hot(types, G).float()  # [G*M, G]: no brand in the picture
+    title = torch.cat([F.one_hot(types, G), F.one_hot(brands, M)], dim=1).float()  # [G*M, G+M]
+    sim = 10.0 * (types[:, None] == types[None, :]).float()  # [G*M, G*M]
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(2 * G + M, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    pair = lambda img, txt: head(torch.cat([image[img], title[txt]], dim=1))  # [n, 2] logits
+    rows, losses = torch.arange(G * M), []
+    for _ in range(steps):
+        neg_text, neg_image = L.sample_hard_negatives(sim, sim, generator=gen, uniform_share=uniform_share)
+        out = L.itm_loss(pair(rows, rows), pair(torch.cat([rows, neg_image]), torch.cat([neg_text, rows])))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    with torch.no_grad():
+        other_type = (rows + M) % (G * M)  # the same brand of the next type
+        p_pos = torch.softmax(pair(rows, rows), 1)[:, 1]
+        p_neg = torch.softmax(pair(rows, other_type), 1)[:, 1]
+    auc = (p_pos[:, None] > p_neg[None, :]).float().mean().item() \
+        + 0.5 * (p_pos[:, None] == p_neg[None, :]).float().mean().item()
+    return float(np.mean(losses[-50:])), auc
+
+
+def test_random_negative_share_lets_itm_learn_when_hard_negatives_look_alike():
+    # With hard negatives only, every negative is another brand of the same type, whose picture is the positive's,
+    # so the best answer is the constant P(match) = 1/3 (loss = its entropy) and nothing is learned. A random
+    # share adds other-type negatives, which the head must learn to reject.
+    constant = -(math.log(1 / 3) / 3 + 2 * math.log(2 / 3) / 3)  # 0.6365
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: extra threads only contend on a shared CPU (10x slower)
+    try:
+        hard_loss, _ = _train_itm_on_look_alike_world(uniform_share=0.0)
+        mixed_loss, mixed_auc = _train_itm_on_look_alike_world(uniform_share=0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert hard_loss > constant - 0.03
+    assert mixed_loss < constant - 0.1
+    assert mixed_auc > 0.95
 
 
 # ----------------------------------------------------------------------------------------------------- ITM
