@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from table_helpers import rewrite_raw_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,14 +22,6 @@ from feature_store.schema import read_table  # noqa: E402
 def world(tiny_world, tmp_path):
     shutil.copytree(tiny_world, tmp_path / "tiny")
     return tmp_path / "tiny"
-
-
-def _rewrite(world, table, df):
-    """Replace a raw table by df, unvalidated (as a user's broken export would be)."""
-    folder = world / "raw" / table
-    shutil.rmtree(folder)
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / "part-00000.parquet")
 
 
 def _products(world):
@@ -49,7 +40,7 @@ def test_catalog_decodes_every_picture_in_product_order(tiny_world):
 def test_empty_title_names_the_product(world):
     products = _products(world)
     products.loc[7, "title"] = ""
-    _rewrite(world, "products", products)
+    rewrite_raw_table(world, "products", products)
     with pytest.raises(ValueError, match=f"product_id {products.product_id[7]}: empty title"):
         D.load_catalog(world, 32)
 
@@ -61,7 +52,7 @@ def test_bad_picture_names_the_product_unless_skipping_was_asked_for(world, pict
     products = _products(world)
     products["image"] = products.image.astype(object)
     products.at[3, "image"] = picture
-    _rewrite(world, "products", products)
+    rewrite_raw_table(world, "products", products)
     with pytest.raises(ValueError, match=f"product_id {products.product_id[3]}: {problem}"):
         D.load_catalog(world, 32)
     # a text-only catalog does not read the pictures at all
@@ -77,11 +68,11 @@ def test_relevance_row_with_unknown_ids_is_named(world):
     rel = read_table("relevance", world / "raw" / "relevance").to_pandas()
     cat, queries = D.load_catalog(world, 32, with_images=False), D.load_queries(world)
     bad = pd.concat([rel, rel.iloc[:1].assign(query_id=987_654)], ignore_index=True)
-    _rewrite(world, "relevance", bad)
+    rewrite_raw_table(world, "relevance", bad)
     with pytest.raises(ValueError, match=f"unknown query_id; first: row {len(rel)} .query_id=987654"):
         D.load_relevance(world, cat, queries)
     bad = pd.concat([rel, rel.iloc[:1].assign(product_id=999_999)], ignore_index=True)
-    _rewrite(world, "relevance", bad)
+    rewrite_raw_table(world, "relevance", bad)
     with pytest.raises(ValueError, match="unknown product_id.*product_id=999999"):
         D.load_relevance(world, cat, queries)
 

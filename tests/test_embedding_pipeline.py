@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from table_helpers import rewrite_raw_table
 from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,35 +123,28 @@ def test_stage2_resumes_too(world, tmp_path):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
 
 
-def _rewrite(world, table, df):
-    folder = world / "raw" / table
-    shutil.rmtree(folder)
-    folder.mkdir()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / "part-00000.parquet")
-
-
 def test_bad_inputs_are_named_and_the_run_is_marked_failed(world):
     products = read_table("products", world / "raw" / "products").to_pandas()
     relevance = read_table("relevance", world / "raw" / "relevance").to_pandas()
-    _rewrite(world, "relevance", pd.concat([relevance, relevance.iloc[:1].assign(product_id=999_999)]))
+    rewrite_raw_table(world, "relevance", pd.concat([relevance, relevance.iloc[:1].assign(product_id=999_999)]))
     with pytest.raises(ValueError, match="unknown product_id.*product_id=999999"):
         _train(world, 1)
     assert _runs()["tiny/stage1"].info.status == "FAILED"
-    _rewrite(world, "relevance", relevance)
+    rewrite_raw_table(world, "relevance", relevance)
 
     broken = products.copy()
     broken.loc[3, "image"] = b"\x89PNG\r\n\x1a\n-not-a-picture"
-    _rewrite(world, "products", broken)
+    rewrite_raw_table(world, "products", broken)
     with pytest.raises(ValueError, match=f"product_id {products.product_id[3]}: unreadable image"):
         _train(world, 1)
     assert _train(world, 1, "skip_corrupt_images=true", "checkpoint_every=1000") == 0  # only when asked for
 
     empty = products.copy()
     empty.loc[5, "title"] = ""
-    _rewrite(world, "products", empty)
+    rewrite_raw_table(world, "products", empty)
     with pytest.raises(ValueError, match=f"product_id {products.product_id[5]}: empty title"):
         _train(world, 1)
-    _rewrite(world, "products", products)
+    rewrite_raw_table(world, "products", products)
 
     _train(world, 1)  # a stage-1 checkpoint of the tiny model, then a stage 2 asking for another architecture
     with pytest.raises(ValueError, match="text_layers=1.*text_layers=2"):
