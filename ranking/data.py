@@ -453,15 +453,27 @@ def _tf_columns(split: Split, spec: FeatureSpec) -> dict:
     if split._tf_columns is None:
         cols = {}
         with tf.device("/cpu:0"):
-            for name in spec.inputs:
+            # Same-dtype [n] columns (int64 ids, float32 dense features and the label) are stacked into one
+            # [n, k] matrix each, so a batch is one gather per block instead of one per column.
+            for block, names in _blocks(spec).items():
+                values = [split.columns[name] for name in names]
+                if block == "__float__":
+                    values.append(split.labels.astype(np.float32))
+                dtype = np.int64 if block == "__int64__" else np.float32
+                matrix = np.stack(values, axis=1).astype(dtype, copy=False)  # [n, k]
+                cols[block] = tf.Variable(matrix, trainable=False)
+            for name in spec.str_ids:
+                cols[name] = tf.Variable(split.columns[name], trainable=False)
+            for name in spec.embeddings:
                 v = split.columns[name]
-                if isinstance(v, Embeddings):
-                    cols[name] = (tf.Variable(v.table, trainable=False), tf.Variable(v.index, trainable=False))
-                else:
-                    cols[name] = tf.Variable(v, trainable=False)
-            cols["__label__"] = tf.Variable(split.labels.astype(np.float32), trainable=False)
+                cols[name] = (tf.Variable(v.table, trainable=False), tf.Variable(v.index, trainable=False))
         split._tf_columns = cols
     return split._tf_columns
+
+
+def _blocks(spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
+    """The stacked [n] columns: int64 ids, then float32 dense features (+ the label as the last column)."""
+    return {**({"__int64__": spec.int_ids} if spec.int_ids else {}), "__float__": spec.dense}
 
 
 def make_dataset(split: Split, spec: FeatureSpec, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -490,12 +502,21 @@ def make_dataset(split: Split, spec: FeatureSpec, batch_size: int, *, shuffle: b
             for start in range(0, n, batch_size):
                 yield np.arange(start, min(start + batch_size, n), dtype=np.int64)
 
+    blocks = _blocks(spec)
+
     def gather(rows):
         features = {}
-        for name in spec.inputs:
-            c = cols[name]
-            features[name] = tf.gather(c[0], tf.gather(c[1], rows)) if isinstance(c, tuple) else tf.gather(c, rows)
-        return (features, tf.gather(cols["__label__"], rows)) if labels else features
+        for block, names in blocks.items():
+            parts = tf.unstack(tf.gather(cols[block], rows), axis=1)  # k tensors [B]
+            features.update(zip(names, parts))
+            if block == "__float__":
+                label = parts[-1]
+        for name in spec.str_ids:
+            features[name] = tf.gather(cols[name], rows)
+        for name in spec.embeddings:
+            table, index = cols[name]
+            features[name] = tf.gather(table, tf.gather(index, rows))  # [B, dim]
+        return (features, label) if labels else features
 
     ds = tf.data.Dataset.from_generator(batch_rows, output_signature=tf.TensorSpec([None], tf.int64))
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
