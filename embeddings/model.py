@@ -19,7 +19,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -33,6 +32,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipTextModel
+
+from feature_store.schema import replace_folder
 
 # BlipImageProcessor normalises pixels with the OpenAI CLIP statistics (OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -341,8 +342,8 @@ def _first_difference(found: dict, wanted: dict) -> str | None:
 def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
                     extra_tensors: dict[str, torch.Tensor] | None = None, extra_json: dict | None = None) -> Path:
     """Write model.safetensors and model_config.json (cfg, the resolved BlipConfig, fingerprint, extra_json) into
-    path_dir, via a temporary sibling folder swapped in with os.replace. extra_tensors (e.g. optimizer state) go to
-    train_state.safetensors."""
+    path_dir, via a temporary sibling folder swapped in by feature_store.schema.replace_folder. extra_tensors
+    (e.g. optimizer state) go to train_state.safetensors."""
     if cfg.modalities != model.cfg.modalities:
         raise ValueError(f"cfg.modalities={cfg.modalities!r} but the model was built with {model.cfg.modalities!r}")
     if not cfg.from_blip_dir and (diff := _first_difference(architecture(model.blip_config),
@@ -361,14 +362,7 @@ def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
         meta = {"model_config": asdict(cfg), "blip_config": model.blip_config.to_dict(),
                 "enc_token_id": model.enc_token_id, "fingerprint": fingerprint(model), **(extra_json or {})}
         (tmp / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        if path.exists():  # a directory cannot be replaced while it has files: move the old one aside first
-            old = path.parent / f".{path.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from embeddings.data import load_catalog, load_queries
 from embeddings.model import DashClip, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
-from feature_store.schema import read_table, write_table
+from feature_store.schema import read_table, replace_folder, write_table
 
 ROWS_PER_PART = 50_000
 EPOCH_US = 0  # 1970-01-01T00:00:00Z
@@ -128,14 +128,7 @@ def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, bat
                 "products": len(catalog), "queries": len(texts),
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # replace an older run of the same version: move it aside, swap, then delete
-            old = out.parent / f".{version}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)  # an older run of the same version is replaced whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

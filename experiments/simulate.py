@@ -28,7 +28,7 @@ from experiments.config import add_config_args, config_from_args, config_to_dict
 from experiments.world import (
     DAY_US, DEVICE_EFFECT, DEVICES, INTENTS, World, WorldConfig, build_world, product_images, rng_for, true_labels,
 )
-from feature_store.schema import write_table
+from feature_store.schema import replace_folder, write_table
 
 RAW_TABLES = ("products", "queries", "relevance", "impressions", "purchases")
 HIDDEN_TABLES = ("impression_truth", "relevance_truth", "product_truth", "query_truth")
@@ -400,14 +400,7 @@ def simulate(cfg: WorldConfig, out: Path, overwrite: bool = False, progress: boo
     try:
         meta = _write_world(cfg, tmp, progress)
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ Contracts
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -652,3 +653,18 @@ def write_table(table_name: str, data: Any, folder: str | os.PathLike, part: int
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a finished folder into place. A folder cannot be replaced while it holds files, so an older one is
+    renamed aside first and removed after the swap: readers see the old folder or the new one, never a mix."""
+    tmp, target = Path(tmp), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+

@@ -40,7 +40,7 @@ from feature_store.features import (
     assemble, feature_groups,
 )
 from feature_store.schema import (
-    COUNT_ENTITIES, COUNT_WINDOWS_DAYS, TABLES, TIMESTAMP, SchemaError, read_table, write_table,
+    COUNT_ENTITIES, COUNT_WINDOWS_DAYS, TABLES, TIMESTAMP, SchemaError, read_table, replace_folder, write_table,
 )
 
 PACKAGE_REPO = Path(__file__).resolve().parent / "repo"
@@ -115,17 +115,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older one is swapped out first and then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _chunks(files, rows: int):
@@ -418,7 +407,7 @@ class FeatureRepo:
                 "config": config_to_dict(self.cfg),
             }
             _atomic_write_text(tmp / "metadata.json", json.dumps(metadata, indent=2) + "\n")
-            _replace_dir(tmp, target)
+            replace_folder(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
