@@ -159,7 +159,8 @@ def direct_scores(model_dir: Path, data: Path, batch_size: int) -> tuple[np.ndar
     import pyarrow.parquet as pq
 
     from ranking._tf import tf
-    from ranking.batch_score import read_model_info, table_to_columns
+    from ranking.batch_score import table_to_columns
+    from ranking.saved_model import read_model_info
 
     inputs = read_model_info(model_dir)["inputs"]
     fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]

@@ -34,20 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_inputs(folder: Path, inputs: dict) -> tuple[dict[str, np.ndarray], pa.Table]:
-    """Every model input of a split folder as numpy ([n] or [n, dim]), plus the key columns as a table."""
-    files = sorted(folder.glob("*.parquet"))
+    """Every model input of a split folder as numpy ([n] or [n, dim], cast to the declared dtypes), plus the key
+    columns as a table."""
+    from ranking.batch_score import table_to_columns
+    from ranking.examples import check_columns
+
     keys = ["impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id", "ts"]
-    table = pa.concat_tables(pq.read_table(f, columns=sorted(set(inputs) | set(keys))) for f in files)
-    cols = {}
-    for name, entry in inputs.items():
-        col = table.column(name).combine_chunks()
-        if len(entry["shape"]) == 2:
-            cols[name] = col.flatten().to_numpy().astype(np.float32).reshape(len(col), entry["shape"][1])
-        elif entry["dtype"] == "string":
-            cols[name] = np.asarray(col.cast(pa.binary()).to_pylist(), dtype=object)
-        else:
-            cols[name] = col.to_numpy(zero_copy_only=False).astype(entry["dtype"])
-    return cols, table.select(keys)
+    table = pa.concat_tables(pq.read_table(f, columns=sorted(set(inputs) | set(keys)))
+                             for f in sorted(folder.glob("*.parquet")))
+    return check_columns(table_to_columns(table, inputs), inputs), table.select(keys)
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:

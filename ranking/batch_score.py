@@ -33,7 +33,6 @@ tf.make_tensor_proto), then the in-graph tf.Example parsing of the three embeddi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -75,24 +74,6 @@ class ScoringPlan:
 
 
 # ------------------------------------------------------------------------------------------------ checks
-
-
-def read_model_info(model_dir: str | Path) -> dict:
-    """assets.extra/model_info.json of an exported version folder; BatchScoreError if anything is missing."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise BatchScoreError(f"model folder {model_dir} does not exist (expected <export_dir>/<model>/<version>/)")
-    if not (model_dir / "saved_model.pb").is_file():
-        raise BatchScoreError(f"{model_dir} is not a SavedModel: no saved_model.pb (pass a version folder, "
-                              "e.g. exports/dashclip_two_tower/1)")
-    path = model_dir / "assets.extra" / "model_info.json"
-    if not path.is_file():
-        raise BatchScoreError(f"{path} does not exist: the model's inputs are unknown (export it with "
-                              "ranking.export / ranking.saved_model.export_model)")
-    info = json.loads(path.read_text())
-    if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
-        raise BatchScoreError(f"{path} has no 'inputs' section")
-    return info
 
 
 def signature_names(model_dir: Path) -> list[str]:
@@ -152,10 +133,13 @@ def _check_widths(file: Path, inputs: dict[str, dict]) -> None:
 
 def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None) -> ScoringPlan:
     """Check the model folder and the input against each other; a BatchScoreError says what is wrong."""
-    from ranking.saved_model import resolve_version_dir
+    from ranking.saved_model import read_model_info, resolve_version_dir
 
     model_dir = resolve_version_dir(model_dir)
-    info = read_model_info(model_dir)
+    try:
+        info = read_model_info(model_dir)
+    except ValueError as err:
+        raise BatchScoreError(str(err)) from None
     names = signature_names(model_dir)
     if SIGNATURE not in names:
         raise BatchScoreError(f"{model_dir} has no '{SIGNATURE}' signature (it has: {', '.join(names) or 'none'}): "

@@ -25,7 +25,6 @@ TensorFlow to one intra-op and one inter-op thread.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,20 +48,6 @@ def set_single_thread() -> None:
                            "pools are fixed; call it (or OnlineRanker(..., single_thread=True)) first") from e
 
 
-def read_model_info(model_dir: str | Path) -> dict:
-    """assets.extra/model_info.json of an exported version folder; ValueError naming what is missing."""
-    model_dir = Path(model_dir)
-    path = model_dir / "assets.extra" / "model_info.json"
-    if not (model_dir / "saved_model.pb").is_file():
-        raise ValueError(f"{model_dir} is not an exported SavedModel version folder (no saved_model.pb)")
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: the model's inputs are unknown")
-    info = json.loads(path.read_text())
-    if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
-        raise ValueError(f"{path} has no 'inputs' section")
-    return info
-
-
 class OnlineRanker:
     """Scores and ranks one request's candidates with an exported SavedModel.
 
@@ -79,7 +64,7 @@ class OnlineRanker:
             set_single_thread()
         from ranking._tf import tf
 
-        from ranking.saved_model import resolve_version_dir
+        from ranking.saved_model import read_model_info, resolve_version_dir
 
         self.model_dir = resolve_version_dir(model_dir)
         self.info = read_model_info(self.model_dir)

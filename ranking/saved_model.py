@@ -107,6 +107,24 @@ def resolve_version_dir(path: str | Path) -> Path:
     return max(versions, key=lambda p: int(p.name)) if versions else path
 
 
+def read_model_info(model_dir: str | Path) -> dict:
+    """assets.extra/model_info.json of an exported version folder; ValueError naming what is missing."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"model folder {model_dir} does not exist (expected <export_dir>/<model>/<version>/)")
+    if not (model_dir / "saved_model.pb").is_file():
+        raise ValueError(f"{model_dir} is not a SavedModel: no saved_model.pb (pass a version folder, "
+                         "e.g. exports/dashclip_two_tower/1)")
+    path = model_dir / "assets.extra" / "model_info.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: the model's inputs are unknown (export it with "
+                         "ranking.export / ranking.saved_model.export_model)")
+    info = json.loads(path.read_text())
+    if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
+        raise ValueError(f"{path} has no 'inputs' section")
+    return info
+
+
 def next_version(root: Path) -> int:
     """1 + the highest integer version folder under root (1 for none)."""
     versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
