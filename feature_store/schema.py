@@ -167,6 +167,23 @@ def _count_table(entity: str) -> TableSchema:
             f"days D-w..D-1 only (strictly before any time on day D); rows only where a value changes.")
 
 
+# The impression log's ids and labels; the training set carries them unchanged (one row per impression).
+IMPRESSION_KEYS = (
+    _key("impression_id"),
+    Column("request_id", pa.int64()),
+    Column("ts", TIMESTAMP),
+    Column("user_id", pa.int64()),
+    Column("query_id", pa.int64()),
+    Column("product_id", pa.int64()),
+    Column("ad_id", pa.int64()),
+    Column("campaign_id", pa.int64()),
+    Column("advertiser_id", pa.int64()),
+)
+IMPRESSION_LABELS = (
+    Column("click", pa.int8(), allowed=BINARY),
+    Column("conversion", pa.int8(), allowed=BINARY),
+)
+
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in [
@@ -198,15 +215,7 @@ TABLES: dict[str, TableSchema] = {
         ),
         _table(
             "impressions",
-            _key("impression_id"),
-            Column("request_id", pa.int64()),
-            Column("ts", TIMESTAMP),
-            Column("user_id", pa.int64()),
-            Column("query_id", pa.int64()),
-            Column("product_id", pa.int64()),
-            Column("ad_id", pa.int64()),
-            Column("campaign_id", pa.int64()),
-            Column("advertiser_id", pa.int64()),
+            *IMPRESSION_KEYS,
             Column("position", pa.int8(), min=1, doc="1 = top slot"),
             Column("device", pa.string()),
             Column("price", pa.float32(), min=0.0),
@@ -214,8 +223,7 @@ TABLES: dict[str, TableSchema] = {
             Column("rating", pa.float32(), min=0.0, max=5.0),
             Column("rating_count", pa.int32(), min=0),
             Column("store_distance_km", pa.float32(), min=0.0),
-            Column("click", pa.int8(), allowed=BINARY),
-            Column("conversion", pa.int8(), allowed=BINARY),
+            *IMPRESSION_LABELS,
             doc="The ad impression log: one row per ad shown.",
         ),
         _table(
@@ -296,15 +304,7 @@ TABLES: dict[str, TableSchema] = {
         *(_count_table(entity) for entity in COUNT_ENTITIES),
         _table(
             "training_set",
-            _key("impression_id"),
-            Column("request_id", pa.int64()),
-            Column("ts", TIMESTAMP),
-            Column("user_id", pa.int64()),
-            Column("query_id", pa.int64()),
-            Column("product_id", pa.int64()),
-            Column("ad_id", pa.int64()),
-            Column("campaign_id", pa.int64()),
-            Column("advertiser_id", pa.int64()),
+            *IMPRESSION_KEYS,
             Column("store_id", pa.int64(), doc="0 for an unknown product"),
             Column("position", pa.int8(), min=1, doc="1 = top slot"),
             Column("device", pa.string()),
@@ -321,8 +321,7 @@ TABLES: dict[str, TableSchema] = {
             Column("product_embedding", EMBEDDING, doc="zeros until the product's vector is available"),
             Column("query_embedding", EMBEDDING, doc="zeros until the query's vector is available"),
             Column("history_embedding", EMBEDDING, doc="zeros when no purchase is in the window"),
-            Column("click", pa.int8(), allowed=BINARY),
-            Column("conversion", pa.int8(), allowed=BINARY),
+            *IMPRESSION_LABELS,
             doc="The pCTR training set: impressions with point-in-time features (python -m feature_store "
                 "training-set); unknown entities get the defaults listed in its metadata.json."),
     ]
