@@ -3,6 +3,8 @@
 Keys follow DESIGN.md section 9: `<split>/<metric>` and `<split>/<metric>/<slice>` with slices
     query_head / query_torso / query_tail   by the query's number of train requests
     product_new / product_old               product never / already seen in train
+    product_cold                            no impressions of the product in the feature store's longest count
+                                            window when it was shown (cold start: what counts cannot tell)
     user_history / user_no_history          history_count > 0 or not (when the column is there)
     position_<k>                            one slice per position
 Metric definitions are `ranking.metrics` (numpy), the same ones benchmarks and notebooks use.
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feature_store.schema import COUNT_WINDOWS_DAYS
 from ranking import metrics
 from ranking.data import Split
 
@@ -56,6 +59,9 @@ def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.nd
     }
     old = np.isin(split.columns["product_id"], train.columns["product_id"])
     out["product_new"], out["product_old"] = ~old, old
+    cold_counts = f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d"
+    if cold_counts in split.columns:
+        out["product_cold"] = split.columns[cold_counts] == 0
     if "history_count" in split.columns:
         has = split.columns["history_count"] > 0
         out["user_history"], out["user_no_history"] = has, ~has

@@ -7,7 +7,9 @@ model, named and tagged `model=<config name>` (dcn, dashclip_two_tower, logistic
 base_rate, ...). A child holds the model's params, per-epoch curves (`epoch/*`, neural models), final metrics
 `<split>/<metric>` and `<split>/<metric>/<slice>`, the oracle's share of the gap (`test/oracle_gap_closed`), ROC and
 calibration plots. With several seeds each seed gets a grandchild run and the child holds the mean (`test/auc`)
-and the spread (`test/auc_std`). The parent holds the resolved config, the data and embedding versions, and the
+and the spread (`test/auc_std`). Every model also gets its AUC gain over `baseline` (dcn), overall and on the
+`gain_slices`: `test/auc_gain_vs_dcn[/<slice>]`, mean ± std over paired seeds, and a paired bootstrap 95% interval
+over test requests (`_ci_low`, `_ci_high`), so a slice gain can be told from seed noise and from a small slice. The parent holds the resolved config, the data and embedding versions, and the
 comparison table (also printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING.
 At the end the model named by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`),
 reloaded and checked to give the same predictions.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,9 +45,10 @@ EXPERIMENT = "pctr-ranking"
 NEURAL = tuple(MODEL_KINDS)
 DETERMINISTIC = ("base_rate", "historical_ctr")  # fitted once whatever `seeds` says
 KNOWN_MODELS = BASELINES + NEURAL
+GAIN_SLICE_PATTERN = r"query_(head|torso|tail)|product_(new|old|cold)|user_(history|no_history)|position_\d+"
 TABLE_COLUMNS = ["test/auc", "test/logloss", "test/ne", "test/calibration", "test/gauc_request", "test/gauc_user",
                  "test/rela_impr_vs_dcn", "test/oracle_gap_closed", "test/auc/query_tail", "test/auc/product_new",
-                 "test/auc/user_history", "fit_seconds"]
+                 "test/auc/product_cold", "test/auc/user_history", "fit_seconds"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,12 @@ class RankingConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     slices: SliceConfig = field(default_factory=SliceConfig)
     rela_impr_baselines: tuple[str, ...] = ("dcn", "historical_ctr")  # <split>/rela_impr_vs_<name>
-    oracle_baseline: str = "dcn"  # test/oracle_gap_closed: share of the <this>-to-oracle AUC gap closed
+    # The production model every other is measured against: test/oracle_gap_closed (share of its gap to the
+    # oracle closed) and test/auc_gain_vs_<baseline>[/<slice>] (mean ± std over paired seeds, and a paired
+    # request-bootstrap 95% interval on seed 0's test scores: _ci_low / _ci_high; bootstrap_samples 0 = none).
+    baseline: str = "dcn"
+    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "product_cold", "user_history")
+    bootstrap_samples: int = 200
     export_model: str | None = "dashclip_two_tower"  # "" or null = export nothing
     export_dir: str = "exports"
     checkpoint_dir: str = ""  # "" = <data>/checkpoints/ranking; then <name>/<model>/seed<k>/
@@ -85,6 +94,13 @@ class RankingConfig:
             raise ConfigError("seeds must be >= 1")
         if self.export_model and self.export_model not in self.models:
             raise ConfigError(f"export_model '{self.export_model}' is not among models {list(self.models)}")
+        unknown = [s for s in self.gain_slices if not re.fullmatch(GAIN_SLICE_PATTERN, s)]
+        if unknown:
+            raise ConfigError(f"gain_slices: unknown slice(s) {', '.join(unknown)} (known: query_head, query_torso, "
+                              f"query_tail, product_new, product_old, product_cold, user_history, user_no_history, "
+                              f"position_<k>)")
+        if self.bootstrap_samples < 0:
+            raise ConfigError("bootstrap_samples must be >= 0 (0 = no intervals)")
         if self.export_model and self.export_model not in NEURAL:
             raise ConfigError(f"export_model '{self.export_model}' is a baseline; only neural models export")
 
@@ -98,6 +114,7 @@ class ModelResult:
     metrics: dict[str, float]
     test_scores: np.ndarray
     model: Any = None  # the seed-0 neural model (kept only for the export)
+    per_seed: list[dict[str, float]] = field(default_factory=list)  # each seed's metrics, in seed order
 
 
 @dataclass
@@ -106,6 +123,7 @@ class ExperimentResult:
     models: dict[str, ModelResult]
     table: str
     export_path: Path | None = None
+    gains: str = ""  # the AUC-gain table (empty without the baseline)
 
 
 # ---------------------------------------------------------------------------------------------- one model
@@ -272,14 +290,15 @@ def _run_model(name: str, ctx: _Context) -> ModelResult:
         test_auc = summary["test/auc"]
         spread = f" ± {summary['test/auc_std']:.4f}" if "test/auc_std" in summary else ""
         print(f"[{name}] test auc {test_auc:.4f}{spread}  calibration {summary['test/calibration']:.3f}", flush=True)
-        return ModelResult(name, run.info.run_id, summary, first_scores, first_model)
+        return ModelResult(name, run.info.run_id, summary, first_scores, first_model, per_seed)
 
 
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
 def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, dict[str, float]]:
-    """Metrics that need two models: RelaImpr against the named baselines, the share of the oracle gap closed."""
+    """Metrics that need two models: RelaImpr against the named baselines, the share of the oracle gap closed
+    and the AUC gain over `baseline` (overall and on gain_slices)."""
     cfg, out = ctx.cfg, {name: {} for name in results}
     for base in cfg.rela_impr_baselines:
         if base not in results:
@@ -290,13 +309,18 @@ def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, 
                 continue
             for name, r in results.items():
                 out[name][f"{split}/rela_impr_vs_{base}"] = metrics.rela_impr(r.metrics[f"{split}/auc"], base_auc)
-    if ctx.oracle is not None and cfg.oracle_baseline in results:
+    if cfg.baseline not in results:
+        return out
+    for name, r in results.items():
+        if name != cfg.baseline:
+            out[name].update(_gains(r, results[cfg.baseline], ctx))
+    if ctx.oracle is not None:
         y = ctx.data["test"].labels
         oracle = {"": metrics.auc(y, ctx.oracle)}
         for slice_name, values in metrics.slice_metrics(y, ctx.oracle, ctx.slices["test"],
                                                         min_count=cfg.slices.min_count).items():
             oracle[slice_name] = values["auc"]
-        base = results[cfg.oracle_baseline].metrics
+        base = results[cfg.baseline].metrics
         for name, r in results.items():
             for slice_name, oracle_auc in oracle.items():
                 key = "test/auc" + (f"/{slice_name}" if slice_name else "")
@@ -304,6 +328,54 @@ def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, 
                     gap_key = "test/oracle_gap_closed" + (f"/{slice_name}" if slice_name else "")
                     out[name][gap_key] = metrics.oracle_gap_closed(r.metrics[key], base[key], oracle_auc)
     return out
+
+
+def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, float]:
+    """test/auc_gain_vs_<base>[/<slice>]: the mean over paired seeds (seed k against the baseline's seed k, or
+    its only run) with `_std`, and a paired bootstrap interval over test requests on seed 0's scores."""
+    cfg, test = ctx.cfg, ctx.data["test"]
+    out = {}
+    for slice_name in ("",) + tuple(cfg.gain_slices):
+        suffix = f"/{slice_name}" if slice_name else ""
+        key, gain_key = f"test/auc{suffix}", f"test/auc_gain_vs_{base.name}{suffix}"
+        if not all(key in s for s in model.per_seed + base.per_seed):
+            continue  # the slice is absent or too small
+        gains = [m[key] - base.per_seed[min(k, len(base.per_seed) - 1)][key] for k, m in enumerate(model.per_seed)]
+        out[gain_key] = float(np.mean(gains))
+        if len(gains) > 1:
+            out[f"{gain_key}_std"] = float(np.std(gains, ddof=1))
+        if cfg.bootstrap_samples:
+            rows = ctx.slices["test"][slice_name] if slice_name else slice(None)
+            _, low, high = metrics.auc_difference_ci(
+                test.labels[rows], model.test_scores[rows], base.test_scores[rows], n_boot=cfg.bootstrap_samples,
+                seed=cfg.seed, groups=test.columns["request_id"][rows])
+            out[f"{gain_key}_ci_low"], out[f"{gain_key}_ci_high"] = low, high
+    return out
+
+
+def gains_table(results: dict[str, ModelResult], baseline: str, slices: tuple[str, ...]) -> str:
+    """Markdown: AUC gain over the baseline per model, overall and per slice, as `mean ± seed std [95% CI]`."""
+    columns = [""] + list(slices)
+    lines = [f"| AUC gain vs {baseline} | " + " | ".join(c or "test" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for name, r in results.items():
+        if name == baseline:
+            continue
+        cells = []
+        for c in columns:
+            key = f"test/auc_gain_vs_{baseline}" + (f"/{c}" if c else "")
+            m = r.metrics
+            if key not in m:
+                cells.append("")
+                continue
+            cell = f"{m[key]:+.4f}"
+            if f"{key}_std" in m:
+                cell += f" ± {m[f'{key}_std']:.4f}"
+            if f"{key}_ci_low" in m:
+                cell += f" [{m[f'{key}_ci_low']:+.4f}, {m[f'{key}_ci_high']:+.4f}]"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _oracle_row(ctx: _Context) -> dict[str, float]:
@@ -398,8 +470,13 @@ def run(cfg: RankingConfig) -> ExperimentResult:
             rows["(oracle)"] = _oracle_row(ctx)
         columns = [c for c in TABLE_COLUMNS if any(c in v for v in rows.values())]
         table = comparison_table(rows, columns)
+        gains = gains_table(results, cfg.baseline, cfg.gain_slices) if cfg.baseline in results else ""
         print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
         mlflow.log_text(table + "\n", "comparison.md")
+        if gains:
+            print(f"AUC gain over {cfg.baseline}: mean ± std over seeds [95% interval, paired bootstrap over test "
+                  f"requests, seed {cfg.seed}]\n{gains}\n", flush=True)
+            mlflow.log_text(gains + "\n", "gains.md")
         mlflow.log_dict({name: {c: v.get(c) for c in columns + [f"{c}_std" for c in columns] if c in v}
                          for name, v in rows.items()}, "comparison.json")
         if cfg.plots:
@@ -413,7 +490,7 @@ def run(cfg: RankingConfig) -> ExperimentResult:
             plt.close("all")
         export_path = _export(cfg, ctx, results[cfg.export_model], parent.info.run_id) if cfg.export_model else None
         print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.experiment}' at {tracking_uri()}")
-    return ExperimentResult(parent.info.run_id, results, table, export_path)
+    return ExperimentResult(parent.info.run_id, results, table, export_path, gains)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,6 +290,40 @@ def test_bootstrap_ci_resamples_whole_groups():
     assert (hi_g - lo_g) > 2 * (hi_r - lo_r)
 
 
+def test_auc_difference_ci_matches_sklearn_on_repeated_rows():
+    # Reference: draw the same resamples (same seed, same groups), repeat the rows, score both with sklearn.
+    rng = np.random.default_rng(21)
+    n = 3_000
+    groups = np.repeat(np.arange(n // 6), 6)
+    y = (rng.random(n) < 0.2).astype(int)
+    p_model = np.round(0.6 * y + rng.random(n), 2)  # rounded: ties, which the weighted AUC must handle too
+    p_base = np.round(0.3 * y + rng.random(n), 2)
+    est, lo, hi = M.auc_difference_ci(y, p_model, p_base, n_boot=60, seed=3, groups=groups)
+    assert est == pytest.approx(roc_auc_score(y, p_model) - roc_auc_score(y, p_base), abs=1e-12)
+    reference = []
+    for times_drawn in M._bootstrap_counts(n, groups, 60, 3):
+        idx = np.repeat(np.arange(n), times_drawn)
+        reference.append(roc_auc_score(y[idx], p_model[idx]) - roc_auc_score(y[idx], p_base[idx]))
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(reference, [2.5, 97.5])), abs=1e-12)
+    assert lo < est < hi and lo > 0  # a real gain: the interval excludes 0
+
+
+def test_auc_difference_ci_is_paired():
+    # Two nearly identical models: each AUC is uncertain (finite sample), their difference much less so.
+    rng = np.random.default_rng(22)
+    n = 20_000
+    y = (rng.random(n) < 0.1).astype(int)
+    p_base = 0.5 * y + rng.random(n)
+    p_model = p_base + 0.05 * y + 0.02 * rng.random(n)
+    est, lo, hi = M.auc_difference_ci(y, p_model, p_base, n_boot=200)
+    lo_a, hi_a = M.bootstrap_ci(M.auc, y, p_model, n_boot=200)
+    assert lo < est < hi and lo > 0
+    assert (hi - lo) < (hi_a - lo_a) / 3
+    assert M.auc_difference_ci(y, p_base, p_base, n_boot=50) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="p"):
+        M.auc_difference_ci(y, p_model, p_base[:-1])
+
+
 def test_bootstrap_ci_drops_undefined_resamples():
     # with 3 rows about 1/3 of the resamples are one-class (auc raises): they are dropped, not fatal
     lo, hi = M.bootstrap_ci(M.auc, [1, 0, 0], [0.3, 0.2, 0.1], n_boot=200)

@@ -128,6 +128,10 @@ def test_unknown_config_key_is_named():
         load_config(RankingConfig, None, ["models=[dcn, dcnn]"])
     with pytest.raises(ConfigError, match="features.nan_policy"):
         load_config(RankingConfig, None, ["features.nan_policy=drop"])
+    with pytest.raises(ConfigError, match="gain_slices: unknown slice.*product_nwe"):
+        load_config(RankingConfig, None, ["gain_slices=[query_tail, product_nwe]"])
+    assert load_config(RankingConfig, None, ["gain_slices=[position_3, product_cold]"]).gain_slices == (
+        "position_3", "product_cold")
 
 
 def test_dataset_batches_shuffle_each_epoch_and_cover_every_row(synth):

@@ -79,17 +79,48 @@ def test_end_to_end_mlflow_comparison_and_export(world, store, tmp_path, capsys)
     assert auc["dashclip_two_tower"] > max(auc[b] for b in ALL if b not in ("dashclip_two_tower",))
     assert children["dashclip_two_tower"].data.metrics["test/oracle_gap_closed"] > 0.1
 
+    # AUC gains over dcn: the exact difference of the logged AUCs (one seed), inside its bootstrap interval.
+    two_tower = children["dashclip_two_tower"].data.metrics
+    for suffix in ("", "/query_tail", "/product_new"):
+        gain = two_tower[f"test/auc_gain_vs_dcn{suffix}"]
+        assert gain == pytest.approx(two_tower[f"test/auc{suffix}"] - children["dcn"].data.metrics[f"test/auc{suffix}"])
+        assert two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_low"] < gain < two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_high"]
+    assert not any(k.startswith("test/auc_gain_vs_dcn") for k in children["dcn"].data.metrics)
+    assert "gains.md" in {a.path for a in store.list_artifacts(parent.info.run_id)}
+    assert "| AUC gain vs dcn |" in printed
+
     # The export reloads and gives the same predictions.
     exported = children["dashclip_two_tower"].data
     assert exported.metrics["export/max_abs_diff"] <= 1e-5
     assert (tmp_path / "exports" / "dashclip_two_tower" / "1" / "saved_model.pb").exists()
 
 
+def test_slices_from_train_statistics_and_counts():
+    import numpy as np
+
+    from ranking.data import Split
+    from ranking.evaluation import SliceConfig, slice_masks
+
+    train = Split("train", {"query_id": np.array([1, 1, 1, 2]), "request_id": np.array([10, 11, 12, 13]),
+                            "product_id": np.array([5, 5, 6, 6])})
+    test = Split("test", {"query_id": np.array([1, 2, 3, 1]), "request_id": np.array([20, 21, 22, 23]),
+                          "product_id": np.array([5, 7, 6, 8]), "position": np.array([1, 2, 1, 1], np.int8),
+                          "history_count": np.array([0.0, 3.0, 0.0, 1.0]),
+                          "product_impressions_7d": np.array([12.0, 0.0, 4.0, 0.0])})
+    masks = slice_masks(train, test, SliceConfig(query_head_min_requests=3, query_tail_max_requests=1))
+    assert masks["query_head"].tolist() == [True, False, False, True]  # query 1: 3 train requests
+    assert masks["query_tail"].tolist() == [False, True, True, False]  # query 2: 1; query 3: unseen
+    assert masks["product_new"].tolist() == [False, True, False, True]
+    assert masks["product_cold"].tolist() == [False, True, False, True]  # no impressions in the 7-day count
+    assert masks["user_history"].tolist() == [False, True, False, True]
+    assert masks["position_1"].tolist() == [True, False, True, True]
+
+
 def test_seeds_report_mean_and_spread(world, store, tmp_path):
     from ranking.train import main
 
     main(["--config", _config_path(), f"data={world}", "models=[base_rate, gbdt]", "export_model=''",
-          "plots=false", "--seeds", "2"])
+          "plots=false", "baseline=base_rate", "bootstrap_samples=0", "--seeds", "2"])
     runs = _runs(store)
     gbdt = [r for r in runs if r.data.tags.get("model") == "gbdt"][0]
     assert gbdt.data.params["seeds"] == "2"
@@ -98,6 +129,11 @@ def test_seeds_report_mean_and_spread(world, store, tmp_path):
     assert sorted(r.data.tags["seed"] for r in seeds) == ["0", "1"]
     mean = sum(r.data.metrics["test/auc"] for r in seeds) / 2
     assert gbdt.data.metrics["test/auc"] == pytest.approx(mean)
+    # The gain over the (deterministic, once-fitted) baseline pairs each seed with its only run: AUC - 0.5.
+    seed_aucs = [r.data.metrics["test/auc"] for r in seeds]
+    assert gbdt.data.metrics["test/auc_gain_vs_base_rate"] == pytest.approx(mean - 0.5)
+    assert gbdt.data.metrics["test/auc_gain_vs_base_rate_std"] == pytest.approx(abs(seed_aucs[0] - seed_aucs[1]) / 2 ** 0.5)
+    assert "test/auc_gain_vs_base_rate_ci_low" not in gbdt.data.metrics  # bootstrap_samples=0
 
 
 def test_failing_run_is_marked_failed(world, store, monkeypatch):
