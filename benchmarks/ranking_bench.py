@@ -17,8 +17,9 @@ benchmarks/results/ranking.jsonl (benchmark, metric, value, unit, config, git_sh
     step_examples_per_s     the compiled train step on one cached batch (the step alone)
     train_gflops, roof_fraction   train_examples_per_s x matmul FLOPs per example, and its share of the roof
     step_roof_fraction      the same share for the step alone
-Two architectures: full-rank cross layers (the design's ~4.5-5 MFLOP per example shape) and the project's
-default low-rank cross (rank 64: fewer FLOPs, more examples/s, a smaller share of the roof).
+Two architectures: the default full-rank cross layers (the design's ~4.5-5 MFLOP per example shape) and the
+low-rank option (rank 64: fewer FLOPs, more examples/s, a smaller share of the roof: the same per-example
+overhead around fewer matmuls). Training runs with the project's TrainConfig (steps_per_execution included).
 """
 
 from __future__ import annotations
@@ -155,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (the 2-core target)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timing window (5 windows each)")
+    parser.add_argument("--steps", type=int, default=16, help="steps per timing window (5 windows each)")
     parser.add_argument("--models", nargs="+", default=["dcn", "dashclip_two_tower"])
     parser.add_argument("--optimizers", nargs="+", default=["lazy_adam"],
                         help="table optimizers to compare (lazy_adam, adagrad, sgd, keras_adam)")
     parser.add_argument("--cross-ranks", nargs="+", type=int, default=[0, 64],
-                        help="cross_projection_dim values: 0 = full rank (the design's ~4.5 MFLOP shape), "
-                             "64 = the project default")
+                        help="cross_projection_dim values: 0 = full rank (the default; the design's ~4.5 MFLOP "
+                             "shape), 64 = the low-rank option")
     args = parser.parse_args(argv)
     _setup_threads(args.threads)
     cores = f"{args.threads} threads on {os.cpu_count()} cores"

@@ -4,7 +4,7 @@ rows/s through the Beam pipeline (ranking.batch_score, DirectRunner) vs direct `
     python -m benchmarks.serving_bench [--rows 150000] [--requests 3000] [--candidates 200] [--batch-size 4096]
 
 The model: `dashclip_two_tower` with the demo network (experiments/configs/ranking/demo.yaml, which keeps
-ranking/config.py's NetConfig defaults: 16-d id embeddings, 3 low-rank cross layers, DNN [256, 128], 64-d content
+ranking/config.py's NetConfig defaults: 16-d id embeddings, 3 full-rank cross layers, DNN [256, 128], 64-d content
 projections, head [128, 64]), fit for one epoch on the synthetic training set of tests/ranking_fixtures.py with
 256-d embeddings (the demo DashCLIP width) and exported through `python -m ranking.train` in a subprocess. The
 weights do not change the cost of a forward pass; the fit only makes the scores non-trivial.

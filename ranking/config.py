@@ -25,7 +25,10 @@ class NetConfig:
 
     id_embedding_dim: int = 16
     cross_layers: int = 3
-    cross_projection_dim: int = 64  # low-rank cross layers (U V^T); 0 = full rank
+    # 0 = full-rank cross layers (DCN-V2's and TFRS's default); k > 0 = low rank U V^T of rank k, fewer FLOPs for
+    # wide inputs (benchmarks/ranking_bench.py measures both: rank 64 trains more examples/s, at a smaller share
+    # of the matmul roof; the demo's AUC is the same either way).
+    cross_projection_dim: int = 0
     structure: Literal["parallel", "stacked"] = "parallel"  # cross || deep, or cross -> deep
     deep_layers: tuple[int, ...] = (256, 128)
     content_projection_dim: int = 64  # embed_p, embed_q, embed_h widths
@@ -65,13 +68,14 @@ class TrainConfig:
     # After training: fit P = sigmoid(a * logit + b) on the validation split ("platt"), b alone ("bias"), or not.
     calibration: Literal["platt", "bias", "none"] = "platt"
     eval_batch_size: int = 16384
+    steps_per_execution: int = 16  # training steps per call into the compiled graph (less Python per step)
     resume: bool = True  # continue from a matching checkpoint
 
     def validate(self) -> None:
         from experiments.config import ConfigError
 
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("train: epochs, batch_size and eval_batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.steps_per_execution < 1:
+            raise ConfigError("train: epochs, batch_size, eval_batch_size and steps_per_execution must be >= 1")
         if self.learning_rate <= 0 or self.table_learning_rate <= 0:
             raise ConfigError("train: learning rates must be > 0")
         if not 0 < self.lr_decay_factor <= 1:

@@ -48,7 +48,9 @@ class FitResult:
 
 def compile_model(model: PCTRModel, cfg: TrainConfig) -> None:
     """Adam (Keras) on the dense weights; the id table gets a row-sparse optimizer unless keras_adam is chosen."""
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate, jit_compile=False))
+    # steps_per_execution: one Python round trip per that many steps (the step itself is unchanged).
+    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate, jit_compile=False),
+                  steps_per_execution=cfg.steps_per_execution)
     if cfg.table_optimizer != "keras_adam":
         model.table_optimizer = RowSparseOptimizer(cfg.table_optimizer, model.id_embedding.table,
                                                    cfg.table_learning_rate)
@@ -112,7 +114,7 @@ def _restore(folder: Path, model: PCTRModel) -> dict:
 
 def fingerprint(model: PCTRModel, cfg: TrainConfig, data: TrainingSet, seed: int) -> str:
     """What must match for a checkpoint to be resumed: model, optimisation (except epochs), data, seed."""
-    skip = ("epochs", "resume", "eval_batch_size", "calibration")
+    skip = ("epochs", "resume", "eval_batch_size", "calibration", "steps_per_execution")
     train_cfg = {k: v for k, v in asdict(cfg).items() if k not in skip}
     payload = {"kind": model.kind, "net": asdict(model.net), "train": train_cfg, "spec": data.spec.to_dict(),
                "rows": {k: len(v) for k, v in data.splits.items()}, "path": str(data.path), "seed": seed}
