@@ -260,16 +260,16 @@ def verify(version_dir: str | Path) -> tuple[float, str]:
     """(max abs difference between the SavedModel and the Keras model over the warm-up requests, report text)."""
     from ranking._tf import tf
     from ranking.examples import parse_spec
-    from ranking.saved_model import EXAMPLES_INPUT, read_warmup, resolve_version_dir
+    from ranking.saved_model import EXAMPLES_INPUT, read_model_info, read_warmup, resolve_version_dir
 
     version_dir = resolve_version_dir(version_dir)
-    info_path = version_dir / "assets.extra" / "model_info.json"
-    if not (version_dir / "saved_model.pb").exists() or not info_path.exists():
-        raise ExportError(f"{version_dir} is not an export of ranking.saved_model (no saved_model.pb and "
-                          f"assets.extra/model_info.json)")
-    info = json.loads(info_path.read_text())
+    try:
+        info = read_model_info(version_dir)
+    except ValueError as e:
+        raise ExportError(f"{version_dir} is not an export of ranking.saved_model: {e}") from e
     if not info.get("mlflow_run_id"):
-        raise ExportError(f"{info_path} names no mlflow_run_id: cannot rebuild the Keras model to compare with")
+        raise ExportError(f"{version_dir}/assets.extra/model_info.json names no mlflow_run_id: cannot rebuild the "
+                          f"Keras model to compare with")
     client = _client()
     model = rebuild_model(client, resolve_run(client, info["mlflow_run_id"]))
     fresh = replay_in_fresh_process(version_dir)
