@@ -226,14 +226,15 @@ def _fit_neural(name: str, seed: int, ctx: _Context):
 
 
 def _aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over seeds of every key; `<key>_std` (sample std) for the headline split metrics when seeds > 1."""
+    """Mean over seeds of every key; `<key>_std` (sample std) for the headline split metrics and the test AUC of
+    every slice when seeds > 1."""
     keys = set().union(*per_seed)
     out = {}
     for k in sorted(keys):
         values = np.array([d[k] for d in per_seed if k in d], dtype=np.float64)
         out[k] = float(values.mean())
         split_metric = k.count("/") == 1 and k.split("/")[1] in HEADLINE
-        if len(per_seed) > 1 and (split_metric or k == "fit_seconds") and len(values) > 1:
+        if len(per_seed) > 1 and (split_metric or k.startswith("test/auc/") or k == "fit_seconds") and len(values) > 1:
             out[f"{k}_std"] = float(values.std(ddof=1))
     return out
 

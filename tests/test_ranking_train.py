@@ -125,6 +125,9 @@ def test_seeds_report_mean_and_spread(world, store, tmp_path):
     gbdt = [r for r in runs if r.data.tags.get("model") == "gbdt"][0]
     assert gbdt.data.params["seeds"] == "2"
     assert "test/auc_std" in gbdt.data.metrics and gbdt.data.metrics["test/auc_std"] >= 0
+    tail = [r.data.metrics["test/auc/query_tail"] for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == gbdt.info.run_id]
+    assert gbdt.data.metrics["test/auc/query_tail_std"] == pytest.approx(abs(tail[0] - tail[1]) / 2 ** 0.5)
     seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == gbdt.info.run_id]
     assert sorted(r.data.tags["seed"] for r in seeds) == ["0", "1"]
     mean = sum(r.data.metrics["test/auc"] for r in seeds) / 2
