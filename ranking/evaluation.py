@@ -3,8 +3,9 @@
 Keys follow DESIGN.md section 9: `<split>/<metric>` and `<split>/<metric>/<slice>` with slices
     query_head / query_torso / query_tail   by the query's number of train requests
     product_new / product_old               product never / already seen in train
-    product_cold                            no impressions of the product in the feature store's longest count
-                                            window when it was shown (cold start: what counts cannot tell)
+    product_cold                            at most product_cold_max_impressions (default 0) impressions of the
+                                            product in the feature store's longest count window when it was
+                                            shown (cold start: what counts cannot tell)
     user_history / user_no_history          history_count > 0 or not (when the column is there)
     position_<k>                            one slice per position
 Metric definitions are `ranking.metrics` (numpy), the same ones benchmarks and notebooks use.
@@ -29,10 +30,11 @@ HEADLINE = ("auc", "logloss", "ne", "calibration", "gauc_request", "gauc_user")
 
 @dataclass(frozen=True)
 class SliceConfig:
-    """Slice boundaries (train frequencies) and the smallest slice that gets metrics."""
+    """Slice boundaries (train frequencies, feature-store counts) and the smallest slice that gets metrics."""
 
     query_head_min_requests: int = 100  # head: queries with at least this many train requests
     query_tail_max_requests: int = 4  # tail: at most this many (0 = never seen in train)
+    product_cold_max_impressions: int = 0  # cold: the product's longest-window impression count is at most this
     min_count: int = 100
 
     def validate(self) -> None:
@@ -40,6 +42,8 @@ class SliceConfig:
 
         if self.query_tail_max_requests >= self.query_head_min_requests:
             raise ConfigError("slices: query_tail_max_requests must be below query_head_min_requests")
+        if self.product_cold_max_impressions < 0:
+            raise ConfigError("slices: product_cold_max_impressions must be >= 0")
 
 
 def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.ndarray]:
@@ -61,7 +65,7 @@ def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.nd
     out["product_new"], out["product_old"] = ~old, old
     cold_counts = f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d"
     if cold_counts in split.columns:
-        out["product_cold"] = split.columns[cold_counts] == 0
+        out["product_cold"] = split.columns[cold_counts] <= cfg.product_cold_max_impressions
     if "history_count" in split.columns:
         has = split.columns["history_count"] > 0
         out["user_history"], out["user_no_history"] = has, ~has

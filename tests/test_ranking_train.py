@@ -114,6 +114,8 @@ def test_slices_from_train_statistics_and_counts():
     assert masks["product_cold"].tolist() == [False, True, False, True]  # no impressions in the 7-day count
     assert masks["user_history"].tolist() == [False, True, False, True]
     assert masks["position_1"].tolist() == [True, False, True, True]
+    warm_up = slice_masks(train, test, SliceConfig(product_cold_max_impressions=4))
+    assert warm_up["product_cold"].tolist() == [False, True, True, True]
 
 
 def test_seeds_report_mean_and_spread(world, store, tmp_path):
