@@ -201,3 +201,63 @@ def comparison_table(rows: dict[str, dict[str, float]], columns: list[str]) -> s
             cells.append(f"{v:.4f} ± {std:.4f}" if std is not None and std == std else f"{v:.4f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _gain(values: dict[str, float], baseline: str, slice_name: str) -> tuple[float, float, float, float] | None:
+    """(gain, seed std or NaN, ci_low or NaN, ci_high or NaN) of test/auc_gain_vs_<baseline>[/<slice>]."""
+    key = f"test/auc_gain_vs_{baseline}" + (f"/{slice_name}" if slice_name else "")
+    if key not in values:
+        return None
+    nan = float("nan")
+    return (values[key], values.get(f"{key}_std", nan), values.get(f"{key}_ci_low", nan),
+            values.get(f"{key}_ci_high", nan))
+
+
+def gains_table(rows: dict[str, dict[str, float]], baseline: str, slices: tuple[str, ...]) -> str:
+    """Markdown: each model's AUC gain over the baseline, overall and per slice, as `mean ± seed std [95% CI]`."""
+    columns = ("",) + tuple(slices)
+    lines = [f"| AUC gain vs {baseline} | " + " | ".join(c or "test" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for name, values in rows.items():
+        cells = []
+        for c in columns:
+            g = _gain(values, baseline, c)
+            if g is None:
+                cells.append("")
+                continue
+            gain, std, low, high = g
+            cells.append(f"{gain:+.4f}" + (f" ± {std:.4f}" if std == std else "") +
+                         (f" [{low:+.4f}, {high:+.4f}]" if low == low else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gains_figure(rows: dict[str, dict[str, float]], baseline: str, slices: tuple[str, ...], title: str):
+    """The gains of gains_table as points with their 95% intervals: one row per slice, one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ("",) + tuple(slices)
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.45 * len(columns) * max(1, len(rows)) ** 0.5))
+    step = 0.8 / max(1, len(rows))
+    for i, (name, values) in enumerate(rows.items()):
+        ys, xs, lows, highs = [], [], [], []
+        for j, c in enumerate(columns):
+            g = _gain(values, baseline, c)
+            if g is None:
+                continue
+            gain, _, low, high = g
+            ys.append(j + (i - (len(rows) - 1) / 2) * step)
+            xs.append(gain)
+            lows.append(gain - low if low == low else 0.0)
+            highs.append(high - gain if high == high else 0.0)
+        ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", capsize=3, label=name)
+    ax.axvline(0.0, color="grey", linestyle=":")
+    ax.set_yticks(range(len(columns)), [c or "all of test" for c in columns])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"test AUC - {baseline} test AUC", title=title)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

@@ -39,7 +39,8 @@ from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required
 from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
 from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
 from ranking.evaluation import (HEADLINE, SliceConfig, calibration_figure, comparison_table, fit_calibration,
-                                load_oracle, logit, roc_figure, sigmoid, slice_masks, split_metrics)
+                                gains_figure, gains_table, load_oracle, logit, roc_figure, sigmoid, slice_masks,
+                                split_metrics)
 
 EXPERIMENT = "pctr-ranking"
 NEURAL = tuple(MODEL_KINDS)
@@ -354,31 +355,6 @@ def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, fl
     return out
 
 
-def gains_table(results: dict[str, ModelResult], baseline: str, slices: tuple[str, ...]) -> str:
-    """Markdown: AUC gain over the baseline per model, overall and per slice, as `mean ± seed std [95% CI]`."""
-    columns = [""] + list(slices)
-    lines = [f"| AUC gain vs {baseline} | " + " | ".join(c or "test" for c in columns) + " |",
-             "|" + "---|" * (len(columns) + 1)]
-    for name, r in results.items():
-        if name == baseline:
-            continue
-        cells = []
-        for c in columns:
-            key = f"test/auc_gain_vs_{baseline}" + (f"/{c}" if c else "")
-            m = r.metrics
-            if key not in m:
-                cells.append("")
-                continue
-            cell = f"{m[key]:+.4f}"
-            if f"{key}_std" in m:
-                cell += f" ± {m[f'{key}_std']:.4f}"
-            if f"{key}_ci_low" in m:
-                cell += f" [{m[f'{key}_ci_low']:+.4f}, {m[f'{key}_ci_high']:+.4f}]"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _oracle_row(ctx: _Context) -> dict[str, float]:
     """The true click probabilities scored like a model (the physical limit)."""
     test = ctx.data["test"]
@@ -471,7 +447,8 @@ def run(cfg: RankingConfig) -> ExperimentResult:
             rows["(oracle)"] = _oracle_row(ctx)
         columns = [c for c in TABLE_COLUMNS if any(c in v for v in rows.values())]
         table = comparison_table(rows, columns)
-        gains = gains_table(results, cfg.baseline, cfg.gain_slices) if cfg.baseline in results else ""
+        gain_rows = {name: r.metrics for name, r in results.items() if name != cfg.baseline}
+        gains = gains_table(gain_rows, cfg.baseline, cfg.gain_slices) if cfg.baseline in results else ""
         print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
         mlflow.log_text(table + "\n", "comparison.md")
         if gains:
@@ -486,6 +463,10 @@ def run(cfg: RankingConfig) -> ExperimentResult:
             if ctx.oracle is not None:
                 curves["(oracle)"] = (y, ctx.oracle)
             mlflow.log_figure(roc_figure(curves, f"{cfg.name}: ROC on test"), "roc_test.png")
+            if gains:
+                mlflow.log_figure(gains_figure(gain_rows, cfg.baseline, cfg.gain_slices,
+                                               f"{cfg.name}: test AUC gain over {cfg.baseline} (95% interval)"),
+                                  "gains_test.png")
             import matplotlib.pyplot as plt
 
             plt.close("all")

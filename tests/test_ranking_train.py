@@ -86,7 +86,7 @@ def test_end_to_end_mlflow_comparison_and_export(world, store, tmp_path, capsys)
         assert gain == pytest.approx(two_tower[f"test/auc{suffix}"] - children["dcn"].data.metrics[f"test/auc{suffix}"])
         assert two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_low"] < gain < two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_high"]
     assert not any(k.startswith("test/auc_gain_vs_dcn") for k in children["dcn"].data.metrics)
-    assert "gains.md" in {a.path for a in store.list_artifacts(parent.info.run_id)}
+    assert {"gains.md", "gains_test.png"} <= {a.path for a in store.list_artifacts(parent.info.run_id)}
     assert "| AUC gain vs dcn |" in printed
 
     # The export reloads and gives the same predictions.
