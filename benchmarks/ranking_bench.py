@@ -17,6 +17,9 @@ benchmarks/results/ranking.jsonl (benchmark, metric, value, unit, config, git_sh
     step_examples_per_s     the compiled train step on one cached batch (the step alone)
     train_gflops, roof_fraction   train_examples_per_s x matmul FLOPs per example, and its share of the roof
     step_roof_fraction      the same share for the step alone
+    step_op_ms_<kind>       where the step's time goes (TF profiler, op time per step summed over the compute
+                            threads): matmul, gather_scatter (table gather and the row-sparse update), lookup
+                            (vocabularies), other (elementwise, concat/slice, reductions); --no-profile skips it
 Two architectures: the default full-rank cross layers (the design's ~4.5-5 MFLOP per example shape) and the
 low-rank option (rank 64: fewer FLOPs, more examples/s, a smaller share of the roof: the same per-example
 overhead around fewer matmuls). Training runs with the project's TrainConfig (steps_per_execution included).
@@ -28,6 +31,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import record
 
@@ -117,9 +121,9 @@ def input_rate(split, spec, batch: int, windows: int = 5, batches: int = 25) -> 
 
 
 def train_rates(kind: str, split, spec, prep, batch: int, steps: int, table_optimizer: str, cross_rank: int,
-                windows: int = 5):
+                windows: int = 5, profile: bool = True):
     """(best and median fit examples/s over the pipeline, best step examples/s on a cached batch, matmul FLOPs
-    per example). Several windows, because other processes share these cores: the best window is the machine's
+    per example, step_breakdown or None). Several windows, because other processes share these cores: the best window is the machine's
     capability, the median what a shared machine gave."""
     from ranking._tf import tf
     from ranking.config import NetConfig, TrainConfig
@@ -140,7 +144,8 @@ def train_rates(kind: str, split, spec, prep, batch: int, steps: int, table_opti
         fit_rates.append(steps * batch / (time.perf_counter() - started))
 
     # The same compiled step on one batch repeated by tf.data (no gathers): the training step alone.
-    cached = tf.data.Dataset.from_tensors(next(iter(make_dataset(split, spec, batch, shuffle=True)))).repeat()
+    one_batch = next(iter(make_dataset(split, spec, batch, shuffle=True)))
+    cached = tf.data.Dataset.from_tensors(one_batch).repeat()
     model.fit(cached, epochs=1, steps_per_epoch=2, verbose=0)
     step_rates = []
     for _ in range(windows):
@@ -148,11 +153,58 @@ def train_rates(kind: str, split, spec, prep, batch: int, steps: int, table_opti
         model.fit(cached, epochs=1, steps_per_epoch=steps, verbose=0)
         step_rates.append(steps * batch / (time.perf_counter() - started))
     best, median = _best_and_median(fit_rates)
-    return best, median, max(step_rates), flops
+    return best, median, max(step_rates), flops, step_breakdown(model, one_batch) if profile else None
+
+
+def op_kind(op: str) -> str:
+    """The kind of a TensorFlow op type in the step breakdown."""
+    if "MatMul" in op:
+        return "matmul"
+    if op.startswith(("ResourceScatter", "ResourceGather", "Unique", "UnsortedSegment", "GatherV2")):
+        return "gather_scatter"
+    if op.startswith("LookupTable"):
+        return "lookup"
+    return "other"
+
+
+def step_breakdown(model, batch, steps: int = 10) -> dict[str, float]:
+    """Op time per training step by op_kind, in ms summed over TensorFlow's compute threads (with 2 inter-op
+    threads two ops can overlap, so the sum can exceed the step's wall time), from the TF profiler's trace."""
+    import glob
+    import tempfile
+
+    from ranking._tf import tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    step = tf.function(model.train_step)
+    for _ in range(3):
+        step(batch)["loss"].numpy()
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            step(batch)["loss"].numpy()
+        tf.profiler.experimental.stop()
+        traces = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        if not traces:
+            raise RuntimeError(f"the TF profiler wrote no trace under {logdir}")
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(traces[0]).read_bytes())
+    totals = {"matmul": 0, "gather_scatter": 0, "lookup": 0, "other": 0}
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name  # "<node name>:<op type>"
+                if ":" in name and not name.startswith("ExecutorState"):
+                    totals[op_kind(name.rsplit(":", 1)[1])] += event.duration_ps
+    return {kind: ps / steps / 1e9 for kind, ps in totals.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the per-op-kind breakdown of the step (TF profiler)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (the 2-core target)")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=4096)
@@ -179,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             for opt in args.optimizers:
                 roofs.append(matmul_roof(1.5))  # between runs: other processes share the cores, keep the best
                 measured.append((kind, rank, opt, *train_rates(kind, split, spec, prep, args.batch, args.steps, opt,
-                                                               rank)))
+                                                               rank, profile=args.profile)))
     roof = max(roofs + [matmul_roof()])  # the best of all: the machine's roof, not a moment's contention
     extra = {"load_avg_1min": round(load, 2)}
     record("ranking", "matmul_gflops", round(roof, 1), "GFLOP/s", config, **extra)
     record("ranking", "input_examples_per_s", round(pipeline), "examples/s", config,
            median=round(pipeline_median), **extra)
-    for kind, rank, opt, best, median, step_rate, flops in measured:
+    for kind, rank, opt, best, median, step_rate, flops, breakdown in measured:
         cross = f"cross rank {rank}" if rank else "full-rank cross"
         cfg = f"{kind}, {cross}, table {opt}, {config}"
         more = {"mflop_per_example": round(flops / 1e6, 3), **extra}
@@ -196,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         record("ranking", "roof_fraction", round(gflops / roof, 3), "fraction", cfg, **more)
         record("ranking", "step_roof_fraction", round(step_rate * flops / 1e9 / roof, 3), "fraction", cfg, **more)
         record("ranking", "input_over_train", round(pipeline / best, 1), "ratio", cfg, **extra)
+        for op, ms in (breakdown or {}).items():
+            record("ranking", f"step_op_ms_{op}", round(ms, 2), "ms per step (summed over threads)", cfg, **extra)
     return 0
 
 
