@@ -288,7 +288,6 @@ def calibration_curve(y, p, n_bins: int = 10, strategy: str = "quantile"):
     return sum_pred[keep] / counts[keep], sum_pos[keep] / counts[keep], counts[keep]
 
 
-
 def _bootstrap_counts(n: int, groups, n_boot: int, seed: int):
     """n_boot resamples of n rows as per-row draw counts: rows drawn with replacement, or whole groups (every row
     of a group appears as often as its group was drawn) when groups is given."""
@@ -303,6 +302,15 @@ def _bootstrap_counts(n: int, groups, n_boot: int, seed: int):
     rng = np.random.default_rng(seed)
     for _ in range(n_boot):
         yield np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)[codes]
+
+
+def _percentile_interval(values: list[float], n_boot: int, alpha: float, failure: str) -> tuple[float, float]:
+    """The alpha/2 and 1 - alpha/2 quantiles of the bootstrap values; ValueError if more than half are missing."""
+    if len(values) * 2 < n_boot or not values:
+        raise ValueError(f"only {len(values)} of {n_boot} bootstrap resamples {failure}")
+    low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
+    return float(low), float(high)
+
 
 def bootstrap_ci(
     metric_fn: Callable[[np.ndarray, np.ndarray], float],
@@ -333,10 +341,7 @@ def bootstrap_ci(
             continue
         if not np.isnan(v):
             values.append(v)
-    if len(values) * 2 < n_boot or not values:
-        raise ValueError(f"only {len(values)} of {n_boot} bootstrap resamples gave a defined metric")
-    low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-    return float(low), float(high)
+    return _percentile_interval(values, n_boot, alpha, "gave a defined metric")
 
 
 def auc_difference_ci(
@@ -378,7 +383,4 @@ def auc_difference_ci(
             values.append(difference(times_drawn.astype(np.float64)))
         except ValueError:
             continue
-    if len(values) * 2 < n_boot or not values:
-        raise ValueError(f"only {len(values)} of {n_boot} bootstrap resamples had both classes")
-    low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-    return estimate, float(low), float(high)
+    return (estimate, *_percentile_interval(values, n_boot, alpha, "had both classes"))
