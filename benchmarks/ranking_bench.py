@@ -123,8 +123,8 @@ def input_rate(split, spec, batch: int, windows: int = 5, batches: int = 25) -> 
 def train_rates(kind: str, split, spec, prep, batch: int, steps: int, table_optimizer: str, cross_rank: int,
                 windows: int = 5, profile: bool = True):
     """(best and median fit examples/s over the pipeline, best step examples/s on a cached batch, matmul FLOPs
-    per example, step_breakdown or None). Several windows, because other processes share these cores: the best window is the machine's
-    capability, the median what a shared machine gave."""
+    per example, step_breakdown or None). Several windows, because other processes share these cores: the best
+    window is the machine's capability, the median what a shared machine gave."""
     from ranking._tf import tf
     from ranking.config import NetConfig, TrainConfig
     from ranking.data import make_dataset

@@ -46,6 +46,12 @@ class SliceConfig:
             raise ConfigError("slices: product_cold_max_impressions must be >= 0")
 
 
+# Every slice name slice_masks can produce (a slice only exists when its columns are in the split).
+SLICE_PATTERN = r"query_(head|torso|tail)|product_(new|old|cold)|user_(history|no_history)|position_\d+"
+SLICE_NAMES = ("query_head, query_torso, query_tail, product_new, product_old, product_cold, user_history, "
+               "user_no_history, position_<k>")
+
+
 def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.ndarray]:
     """Boolean row masks of `split` for every slice, from train statistics."""
     q_train, r_train = train.columns["query_id"], train.columns["request_id"]

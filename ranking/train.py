@@ -9,9 +9,9 @@ base_rate, ...). A child holds the model's params, per-epoch curves (`epoch/*`, 
 calibration plots. With several seeds each seed gets a grandchild run and the child holds the mean (`test/auc`)
 and the spread (`test/auc_std`). Every model also gets its AUC gain over `baseline` (dcn), overall and on the
 `gain_slices`: `test/auc_gain_vs_dcn[/<slice>]`, mean ± std over paired seeds, and a paired bootstrap 95% interval
-over test requests (`_ci_low`, `_ci_high`), so a slice gain can be told from seed noise and from a small slice. The parent holds the resolved config, the data and embedding versions, and the
-comparison table (also printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING.
-At the end the model named by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`),
+over test requests (`_ci_low`, `_ci_high`), so a slice gain can be told from seed noise and from a small slice.
+The parent holds the resolved config, the data and embedding versions, and the comparison and gains tables (also
+printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING. At the end the model named by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`),
 reloaded and checked to give the same predictions.
 
 Every input check (missing feature, NaN policy, embedding width, empty split, unknown config key) runs before
@@ -38,15 +38,14 @@ from ranking import metrics
 from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required_columns
 from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
 from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
-from ranking.evaluation import (HEADLINE, SliceConfig, calibration_figure, comparison_table, fit_calibration,
-                                gains_figure, gains_table, load_oracle, logit, roc_figure, sigmoid, slice_masks,
-                                split_metrics)
+from ranking.evaluation import (HEADLINE, SLICE_NAMES, SLICE_PATTERN, SliceConfig, calibration_figure,
+                                comparison_table, fit_calibration, gains_figure, gains_table, load_oracle, logit,
+                                roc_figure, sigmoid, slice_masks, split_metrics)
 
 EXPERIMENT = "pctr-ranking"
 NEURAL = tuple(MODEL_KINDS)
 DETERMINISTIC = ("base_rate", "historical_ctr")  # fitted once whatever `seeds` says
 KNOWN_MODELS = BASELINES + NEURAL
-GAIN_SLICE_PATTERN = r"query_(head|torso|tail)|product_(new|old|cold)|user_(history|no_history)|position_\d+"
 TABLE_COLUMNS = ["test/auc", "test/logloss", "test/ne", "test/calibration", "test/gauc_request", "test/gauc_user",
                  "test/rela_impr_vs_dcn", "test/oracle_gap_closed", "test/auc/query_tail", "test/auc/product_new",
                  "test/auc/product_cold", "test/auc/user_history", "fit_seconds"]
@@ -95,11 +94,9 @@ class RankingConfig:
             raise ConfigError("seeds must be >= 1")
         if self.export_model and self.export_model not in self.models:
             raise ConfigError(f"export_model '{self.export_model}' is not among models {list(self.models)}")
-        unknown = [s for s in self.gain_slices if not re.fullmatch(GAIN_SLICE_PATTERN, s)]
+        unknown = [s for s in self.gain_slices if not re.fullmatch(SLICE_PATTERN, s)]
         if unknown:
-            raise ConfigError(f"gain_slices: unknown slice(s) {', '.join(unknown)} (known: query_head, query_torso, "
-                              f"query_tail, product_new, product_old, product_cold, user_history, user_no_history, "
-                              f"position_<k>)")
+            raise ConfigError(f"gain_slices: unknown slice(s) {', '.join(unknown)} (known: {SLICE_NAMES})")
         if self.bootstrap_samples < 0:
             raise ConfigError("bootstrap_samples must be >= 0 (0 = no intervals)")
         if self.export_model and self.export_model not in NEURAL:
@@ -234,8 +231,8 @@ def _aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
     for k in sorted(keys):
         values = np.array([d[k] for d in per_seed if k in d], dtype=np.float64)
         out[k] = float(values.mean())
-        split_metric = k.count("/") == 1 and k.split("/")[1] in HEADLINE
-        if len(per_seed) > 1 and (split_metric or k.startswith("test/auc/") or k == "fit_seconds") and len(values) > 1:
+        spread = (k.count("/") == 1 and k.split("/")[1] in HEADLINE) or k.startswith("test/auc/") or k == "fit_seconds"
+        if spread and len(values) > 1:
             out[f"{k}_std"] = float(values.std(ddof=1))
     return out
 

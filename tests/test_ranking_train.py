@@ -82,9 +82,10 @@ def test_end_to_end_mlflow_comparison_and_export(world, store, tmp_path, capsys)
     # AUC gains over dcn: the exact difference of the logged AUCs (one seed), inside its bootstrap interval.
     two_tower = children["dashclip_two_tower"].data.metrics
     for suffix in ("", "/query_tail", "/product_new"):
-        gain = two_tower[f"test/auc_gain_vs_dcn{suffix}"]
+        key = f"test/auc_gain_vs_dcn{suffix}"
+        gain = two_tower[key]
         assert gain == pytest.approx(two_tower[f"test/auc{suffix}"] - children["dcn"].data.metrics[f"test/auc{suffix}"])
-        assert two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_low"] < gain < two_tower[f"test/auc_gain_vs_dcn{suffix}_ci_high"]
+        assert two_tower[f"{key}_ci_low"] < gain < two_tower[f"{key}_ci_high"]
     assert not any(k.startswith("test/auc_gain_vs_dcn") for k in children["dcn"].data.metrics)
     assert {"gains.md", "gains_test.png"} <= {a.path for a in store.list_artifacts(parent.info.run_id)}
     assert "| AUC gain vs dcn |" in printed
@@ -137,7 +138,8 @@ def test_seeds_report_mean_and_spread(world, store, tmp_path):
     # The gain over the (deterministic, once-fitted) baseline pairs each seed with its only run: AUC - 0.5.
     seed_aucs = [r.data.metrics["test/auc"] for r in seeds]
     assert gbdt.data.metrics["test/auc_gain_vs_base_rate"] == pytest.approx(mean - 0.5)
-    assert gbdt.data.metrics["test/auc_gain_vs_base_rate_std"] == pytest.approx(abs(seed_aucs[0] - seed_aucs[1]) / 2 ** 0.5)
+    seed_std = abs(seed_aucs[0] - seed_aucs[1]) / 2 ** 0.5
+    assert gbdt.data.metrics["test/auc_gain_vs_base_rate_std"] == pytest.approx(seed_std)
     assert "test/auc_gain_vs_base_rate_ci_low" not in gbdt.data.metrics  # bootstrap_samples=0
 
 
