@@ -11,8 +11,9 @@ and the spread (`test/auc_std`). Every model also gets its AUC gain over `baseli
 `gain_slices`: `test/auc_gain_vs_dcn[/<slice>]`, mean ± std over paired seeds, and a paired bootstrap 95% interval
 over test requests (`_ci_low`, `_ci_high`), so a slice gain can be told from seed noise and from a small slice.
 The parent holds the resolved config, the data and embedding versions, and the comparison and gains tables (also
-printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING. At the end the model named by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`),
-reloaded and checked to give the same predictions.
+printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING. At the end the model named
+by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`), reloaded and checked to give
+the same predictions.
 
 Every input check (missing feature, NaN policy, embedding width, empty split, unknown config key) runs before
 the first run is opened. MLflow: `sqlite:///mlruns/mlflow.db` unless MLFLOW_TRACKING_URI says otherwise;
