@@ -450,8 +450,9 @@ def run(cfg: RankingConfig) -> ExperimentResult:
         print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
         mlflow.log_text(table + "\n", "comparison.md")
         if gains:
-            print(f"AUC gain over {cfg.baseline}: mean ± std over seeds [95% interval, paired bootstrap over test "
-                  f"requests, seed {cfg.seed}]\n{gains}\n", flush=True)
+            interval = (f" [95% interval, paired bootstrap over test requests, seed {cfg.seed}]"
+                        if cfg.bootstrap_samples else "")
+            print(f"AUC gain over {cfg.baseline}: mean ± std over seeds{interval}\n{gains}\n", flush=True)
             mlflow.log_text(gains + "\n", "gains.md")
         mlflow.log_dict({name: {c: v.get(c) for c in columns + [f"{c}_std" for c in columns] if c in v}
                          for name, v in rows.items()}, "comparison.json")
