@@ -6,6 +6,10 @@ Keys follow DESIGN.md section 9: `<split>/<metric>` and `<split>/<metric>/<slice
     product_cold                            at most product_cold_max_impressions (default 0) impressions of the
                                             product in the feature store's longest count window when it was
                                             shown (cold start: what counts cannot tell)
+    product_history_<lo>_<hi>, ..._<lo>_plus  the product's impressions in that longest window, in buckets with
+                                            upper edges product_history_edges (default 0, 10, 30, 100):
+                                            product_history_0, _1_10, _11_30, _31_100, _101_plus; the gain by
+                                            bucket is the cold-start curve (gain_slices entry `product_history`)
     user_history / user_no_history          history_count > 0 or not (when the column is there)
     position_<k>                            one slice per position
 Metric definitions are `ranking.metrics` (numpy), the same ones benchmarks and notebooks use.
@@ -35,6 +39,7 @@ class SliceConfig:
     query_head_min_requests: int = 100  # head: queries with at least this many train requests
     query_tail_max_requests: int = 4  # tail: at most this many (0 = never seen in train)
     product_cold_max_impressions: int = 0  # cold: the product's longest-window impression count is at most this
+    product_history_edges: tuple[int, ...] = (0, 10, 30, 100)  # upper edges of the product-history buckets
     min_count: int = 100
 
     def validate(self) -> None:
@@ -44,12 +49,35 @@ class SliceConfig:
             raise ConfigError("slices: query_tail_max_requests must be below query_head_min_requests")
         if self.product_cold_max_impressions < 0:
             raise ConfigError("slices: product_cold_max_impressions must be >= 0")
+        edges = self.product_history_edges
+        if not edges or edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"slices: product_history_edges must be increasing integers >= 0, got {list(edges)}")
 
 
 # Every slice name slice_masks can produce (a slice only exists when its columns are in the split).
-SLICE_PATTERN = r"query_(head|torso|tail)|product_(new|old|cold)|user_(history|no_history)|position_\d+"
-SLICE_NAMES = ("query_head, query_torso, query_tail, product_new, product_old, product_cold, user_history, "
-               "user_no_history, position_<k>")
+SLICE_PATTERN = (r"query_(head|torso|tail)|product_(new|old|cold)|product_history(_\d+(_\d+|_plus)?)?"
+                 r"|user_(history|no_history)|position_\d+")
+SLICE_NAMES = ("query_head, query_torso, query_tail, product_new, product_old, product_cold, product_history "
+               "(all its buckets), product_history_<lo>_<hi>, user_history, user_no_history, position_<k>")
+
+
+def history_buckets(edges: tuple[int, ...]) -> list[tuple[str, int, float]]:
+    """(slice name, lowest count, highest count) of each product-history bucket, e.g. edges (0, 10) ->
+    product_history_0 [0, 0], product_history_1_10 [1, 10], product_history_11_plus [11, inf)."""
+    out, low = [], 0
+    for high in edges:
+        out.append((f"product_history_{low}" if low == high else f"product_history_{low}_{high}", low, high))
+        low = high + 1
+    out.append((f"product_history_{low}_plus", low, np.inf))
+    return out
+
+
+def expand_slices(names: tuple[str, ...], cfg: SliceConfig) -> tuple[str, ...]:
+    """Slice names with `product_history` replaced by every bucket of cfg.product_history_edges, in order."""
+    out = []
+    for name in names:
+        out += [b for b, _, _ in history_buckets(cfg.product_history_edges)] if name == "product_history" else [name]
+    return tuple(dict.fromkeys(out))
 
 
 def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.ndarray]:
@@ -71,7 +99,10 @@ def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.nd
     out["product_new"], out["product_old"] = ~old, old
     cold_counts = f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d"
     if cold_counts in split.columns:
-        out["product_cold"] = split.columns[cold_counts] <= cfg.product_cold_max_impressions
+        counts = split.columns[cold_counts]
+        out["product_cold"] = counts <= cfg.product_cold_max_impressions
+        for name, low, high in history_buckets(cfg.product_history_edges):
+            out[name] = (counts >= low) & (counts <= high)
     if "history_count" in split.columns:
         has = split.columns["history_count"] > 0
         out["user_history"], out["user_no_history"] = has, ~has

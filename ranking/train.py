@@ -10,6 +10,8 @@ calibration plots. With several seeds each seed gets a grandchild run and the ch
 and the spread (`test/auc_std`). Every model also gets its AUC gain over `baseline` (dcn), overall and on the
 `gain_slices`: `test/auc_gain_vs_dcn[/<slice>]`, mean ± std over paired seeds, and a paired bootstrap 95% interval
 over test requests (`_ci_low`, `_ci_high`), so a slice gain can be told from seed noise and from a small slice.
+The gain slice `product_history` stands for every product-history bucket (slices.product_history_edges): the
+cold-start curve, the gain against how many impressions the feature store had seen of the product.
 The parent holds the resolved config, the data and embedding versions, and the comparison and gains tables (also
 printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING. At the end the model named
 by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`), reloaded and checked to give
@@ -40,8 +42,8 @@ from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required
 from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
 from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
 from ranking.evaluation import (HEADLINE, SLICE_NAMES, SLICE_PATTERN, SliceConfig, calibration_figure,
-                                comparison_table, fit_calibration, gains_figure, gains_table, load_oracle, logit,
-                                roc_figure, sigmoid, slice_masks, split_metrics)
+                                comparison_table, expand_slices, fit_calibration, gains_figure, gains_table,
+                                load_oracle, logit, roc_figure, sigmoid, slice_masks, split_metrics)
 
 EXPERIMENT = "pctr-ranking"
 NEURAL = tuple(MODEL_KINDS)
@@ -76,7 +78,7 @@ class RankingConfig:
     # oracle closed) and test/auc_gain_vs_<baseline>[/<slice>] (mean ± std over paired seeds, and a paired
     # request-bootstrap 95% interval on seed 0's test scores: _ci_low / _ci_high; bootstrap_samples 0 = none).
     baseline: str = "dcn"
-    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "product_cold", "user_history")
+    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "product_cold", "user_history", "product_history")
     bootstrap_samples: int = 200
     export_model: str | None = "dashclip_two_tower"  # "" or null = export nothing
     export_dir: str = "exports"
@@ -335,7 +337,7 @@ def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, fl
     its only run) with `_std`, and a paired bootstrap interval over test requests on seed 0's scores."""
     cfg, test = ctx.cfg, ctx.data["test"]
     out = {}
-    for slice_name in ("",) + tuple(cfg.gain_slices):
+    for slice_name in ("",) + expand_slices(cfg.gain_slices, cfg.slices):
         suffix = f"/{slice_name}" if slice_name else ""
         key, gain_key = f"test/auc{suffix}", f"test/auc_gain_vs_{base.name}{suffix}"
         if not all(key in s for s in model.per_seed + base.per_seed):
@@ -446,7 +448,8 @@ def run(cfg: RankingConfig) -> ExperimentResult:
         columns = [c for c in TABLE_COLUMNS if any(c in v for v in rows.values())]
         table = comparison_table(rows, columns)
         gain_rows = {name: r.metrics for name, r in results.items() if name != cfg.baseline}
-        gains = gains_table(gain_rows, cfg.baseline, cfg.gain_slices) if cfg.baseline in results else ""
+        gain_slices = expand_slices(cfg.gain_slices, cfg.slices)
+        gains = gains_table(gain_rows, cfg.baseline, gain_slices) if cfg.baseline in results else ""
         print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
         mlflow.log_text(table + "\n", "comparison.md")
         if gains:
@@ -463,7 +466,7 @@ def run(cfg: RankingConfig) -> ExperimentResult:
                 curves["(oracle)"] = (y, ctx.oracle)
             mlflow.log_figure(roc_figure(curves, f"{cfg.name}: ROC on test"), "roc_test.png")
             if gains:
-                mlflow.log_figure(gains_figure(gain_rows, cfg.baseline, cfg.gain_slices,
+                mlflow.log_figure(gains_figure(gain_rows, cfg.baseline, gain_slices,
                                                f"{cfg.name}: test AUC gain over {cfg.baseline} (95% interval)"),
                                   "gains_test.png")
             import matplotlib.pyplot as plt

@@ -87,6 +87,11 @@ def test_end_to_end_mlflow_comparison_and_export(world, store, tmp_path, capsys)
         assert gain == pytest.approx(two_tower[f"test/auc{suffix}"] - children["dcn"].data.metrics[f"test/auc{suffix}"])
         assert two_tower[f"{key}_ci_low"] < gain < two_tower[f"{key}_ci_high"]
     assert not any(k.startswith("test/auc_gain_vs_dcn") for k in children["dcn"].data.metrics)
+    # The default gain_slices include every product-history bucket (the cold-start curve) big enough to score.
+    buckets = [k for k in two_tower if k.startswith("test/auc_gain_vs_dcn/product_history_") and k[-4:] != "_std"
+               and "_ci_" not in k]
+    assert buckets and all(f"test/auc/{k.split('/')[-1]}" in two_tower for k in buckets)
+    assert "product_history_" in printed.split("| AUC gain vs dcn |")[1].splitlines()[0]
     assert {"gains.md", "gains_test.png"} <= {a.path for a in store.list_artifacts(parent.info.run_id)}
     assert "| AUC gain vs dcn |" in printed
 
@@ -117,6 +122,31 @@ def test_slices_from_train_statistics_and_counts():
     assert masks["position_1"].tolist() == [True, False, True, True]
     warm_up = slice_masks(train, test, SliceConfig(product_cold_max_impressions=4))
     assert warm_up["product_cold"].tolist() == [False, True, True, True]
+    # Product-history buckets on the same count, upper edges (0, 4, 10): 0 | 1-4 | 5-10 | 11+.
+    buckets = slice_masks(train, test, SliceConfig(product_history_edges=(0, 4, 10)))
+    assert {k: v.tolist() for k, v in buckets.items() if k.startswith("product_history")} == {
+        "product_history_0": [False, True, False, True], "product_history_1_4": [False, False, True, False],
+        "product_history_5_10": [False, False, False, False], "product_history_11_plus": [True, False, False, False]}
+
+
+def test_product_history_buckets_and_their_gain_slice_name():
+    import numpy as np
+
+    from experiments.config import ConfigError, load_config
+    from ranking.evaluation import SliceConfig, expand_slices, history_buckets
+    from ranking.train import RankingConfig
+
+    assert history_buckets((0, 10, 30)) == [("product_history_0", 0, 0), ("product_history_1_10", 1, 10),
+                                            ("product_history_11_30", 11, 30), ("product_history_31_plus", 31, np.inf)]
+    assert history_buckets((5,)) == [("product_history_0_5", 0, 5), ("product_history_6_plus", 6, np.inf)]
+    cfg = SliceConfig(product_history_edges=(0, 10))
+    assert expand_slices(("query_tail", "product_history", "product_history_0"), cfg) == (
+        "query_tail", "product_history_0", "product_history_1_10", "product_history_11_plus")
+    config = load_config(RankingConfig, None, ["gain_slices=[product_history, product_history_1_10]"])
+    assert config.gain_slices == ("product_history", "product_history_1_10")
+    for edges in ("[10, 10]", "[-1, 3]", "[]"):
+        with pytest.raises(ConfigError, match="product_history_edges must be increasing"):
+            load_config(RankingConfig, None, [f"slices.product_history_edges={edges}"])
 
 
 def test_seeds_report_mean_and_spread(world, store, tmp_path):
