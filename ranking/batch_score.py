@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from feature_store.derive import checked_embedding_matrix
 
 SIGNATURE = "serve_tf_example"
 DEFAULT_KEYS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id")
@@ -128,7 +129,7 @@ def _check_widths(file: Path, inputs: dict[str, dict]) -> None:
         return
     sample = parquet.read_row_group(0, columns=embeddings)
     for name in embeddings:
-        _embedding_values(sample.column(name), name, inputs[name]["shape"][1], where=f"{file}: ")
+        checked_embedding_matrix(sample.column(name), name, inputs[name]["shape"][1], f"{file}: ", BatchScoreError)
 
 
 def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None) -> ScoringPlan:
@@ -177,25 +178,6 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
 # ------------------------------------------------------------------------------------------------ pipeline steps
 
 
-def _embedding_values(column, name: str, dim: int, where: str = "") -> np.ndarray:
-    """A list<float> column -> float32 [n, dim]; BatchScoreError for nulls or rows of another width."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if column.null_count:
-        raise BatchScoreError(f"{where}column '{name}' has {column.null_count} null embeddings")
-    if pa.types.is_fixed_size_list(column.type):
-        width = column.type.list_size
-        if width != dim:
-            raise BatchScoreError(f"{where}column '{name}' holds embeddings of width {width}, the model expects "
-                                  f"width {dim}")
-    else:
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        wrong = np.flatnonzero(lengths != dim)
-        if len(wrong):
-            raise BatchScoreError(f"{where}column '{name}': {len(wrong)} of {len(column)} embeddings have width "
-                                  f"{int(lengths[wrong[0]])} (row {int(wrong[0])}), the model expects width {dim}")
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), dim)
-
-
 def table_to_columns(table: pa.Table, inputs: dict[str, dict]) -> dict[str, np.ndarray]:
     """The model inputs of an Arrow table as numpy columns for encode_examples (column-wise, no per-row Python
     except for string ids, which are handed over as bytes)."""
@@ -203,7 +185,7 @@ def table_to_columns(table: pa.Table, inputs: dict[str, dict]) -> dict[str, np.n
     for name, entry in inputs.items():
         column = table.column(name).combine_chunks()
         if len(entry["shape"]) == 2:
-            out[name] = _embedding_values(column, name, entry["shape"][1])
+            out[name] = checked_embedding_matrix(column, name, entry["shape"][1], error=BatchScoreError)
             continue
         if column.null_count:
             raise BatchScoreError(f"column '{name}' has {column.null_count} null values (the model needs one "

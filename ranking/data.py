@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from feature_store.derive import checked_embedding_matrix
+
 SPLITS = ("train", "valid", "test")
 COUNT_PATTERN = re.compile(
     r"^(?P<entity>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?)_(?P<kind>impressions|clicks)_(?P<window>[A-Za-z0-9]+)$")
@@ -327,22 +329,7 @@ def _dense_column(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _embedding_column(col: pa.ChunkedArray, name: str, dim: int, where: str) -> "Embeddings":
-    if col.null_count:
-        raise TrainingSetError(f"{where}: embedding column '{name}' has {col.null_count} null rows "
-                               f"(unknown embeddings must be zero vectors)")
-    arr = col.combine_chunks()
-    if pa.types.is_fixed_size_list(arr.type):
-        arr = arr.cast(pa.list_(arr.type.value_type))
-    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-    wrong = lengths != dim
-    if wrong.any():
-        raise TrainingSetError(f"{where}: embedding column '{name}' should have width {dim} (embedding_dim) but "
-                               f"{int(wrong.sum())} rows have another width (e.g. {int(lengths[wrong][0])})")
-    flat = pc.list_flatten(arr).cast(pa.float32()).to_numpy(zero_copy_only=False)
-    values = flat.reshape(len(arr), dim)  # [n, dim]
-    if np.isnan(values).any():
-        raise TrainingSetError(f"{where}: embedding column '{name}' has NaN components")
-    return Embeddings.from_dense(values)
+    return Embeddings.from_dense(checked_embedding_matrix(col, name, dim, f"{where}: ", TrainingSetError))
 
 
 def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: bool = True,
