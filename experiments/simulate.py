@@ -82,7 +82,7 @@ def draw_products(
         cand = s + (rng.random(idx.size) * (e - s)).astype(np.int64)
         age = t - world.p_created_us[cand]
         weight = 1.0 + fresh_boost * (age < FRESH_DAYS * DAY_US)
-        ok = (age >= 0) & (rng.random(idx.size) * (1.0 + fresh_boost) < weight)
+        ok = (age >= 0) & (rng.random(idx.size) * max(1.0, 1.0 + fresh_boost) < weight)
         out.flat[idx[ok]] = cand[ok]
         todo.flat[idx[ok]] = False
     return out

@@ -68,6 +68,7 @@ class WorldConfig:
     slots_per_request: int = 8
     slot_mix: tuple[float, ...] = (0.55, 0.3, 0.15)  # candidates retrieved as exact / partial / random matches
     fresh_boost: float = 2.0  # new products (under 14 days old) are retrieved (1 + fresh_boost) times as often
+    #                           (-1 < fresh_boost < 0: less often, as a ranker that shuns unproven items would)
     # click model: P(click) = examination(position) * sigmoid(attractiveness)
     click_bias: float = -5.0
     click_label_effect: tuple[float, ...] = (0.0, 1.2, 2.4)  # by true relevance 0 / 1 / 2
@@ -97,6 +98,7 @@ class WorldConfig:
             "ambiguous_image_rate": 0 <= self.ambiguous_image_rate,
             "label_noise": 0 <= self.label_noise < 2 / 3,
             "no_history_share": 0 <= self.no_history_share <= 1,
+            "fresh_boost": self.fresh_boost > -1,
             "slot_mix": len(self.slot_mix) == 3 and min(self.slot_mix) >= 0 and abs(sum(self.slot_mix) - 1) < 1e-6,
             "click_label_effect": len(self.click_label_effect) == 3,
             "train_days": self.train_days >= 1,

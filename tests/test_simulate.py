@@ -133,3 +133,28 @@ def test_bench_config_reaches_ten_million_impressions():
     cfg = load_config(WorldConfig, WORLD_CONFIGS / "bench.yaml")
     # retrieval drops under 1% of slots (duplicates, products not yet created): keep a margin
     assert cfg.n_days * cfg.requests_per_day * cfg.slots_per_request * 0.97 >= 10_000_000
+
+
+@pytest.mark.parametrize("boost", [2.0, 0.0, -0.7])
+def test_fresh_products_are_drawn_1_plus_boost_times_as_often(boost):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from experiments.simulate import DAY_US, draw_products
+
+    now = 100 * DAY_US
+    world = SimpleNamespace(p_created_us=np.array([0, now - DAY_US]))  # product 0 is old, product 1 is fresh
+    n = 200_000
+    drawn = draw_products(world, np.zeros(n, np.int64), np.full(n, 2), np.full(n, now), np.random.default_rng(0),
+                          fresh_boost=boost)
+    assert (drawn >= 0).all()
+    assert (drawn == 1).mean() == pytest.approx((1 + boost) / (2 + boost), abs=0.005)
+
+
+def test_fresh_boost_must_leave_fresh_products_a_chance():
+    from experiments.config import ConfigError
+    from experiments.world import WorldConfig
+
+    with pytest.raises(ConfigError, match="fresh_boost"):
+        WorldConfig(fresh_boost=-1.0).validate()
