@@ -78,7 +78,7 @@ class RankingConfig:
     # oracle closed) and test/auc_gain_vs_<baseline>[/<slice>] (mean ± std over paired seeds, and a paired
     # request-bootstrap 95% interval on seed 0's test scores: _ci_low / _ci_high; bootstrap_samples 0 = none).
     baseline: str = "dcn"
-    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "product_cold", "user_history", "product_history")
+    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "user_history", "product_history")
     bootstrap_samples: int = 200
     export_model: str | None = "dashclip_two_tower"  # "" or null = export nothing
     export_dir: str = "exports"
