@@ -1,5 +1,5 @@
 """Serving speed in one run: online scoring latency of one request of 200 candidates on one core, and batch scoring
-rows/s through the Beam pipeline (ranking.batch_score, DirectRunner) vs direct `serving_default` calls.
+rows/s through the Beam pipeline (ranking.batch_score, in-process FnApiRunner) vs direct `serving_default` calls.
 
     python -m benchmarks.serving_bench [--rows 150000] [--requests 3000] [--candidates 200] [--batch-size 4096]
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     record("serving", "online_mean_ms", round(lat["mean"], 3), "ms", online, requests=args.requests, **extra)
     record("serving", "online_signature_p50_ms", round(lat["signature_p50"], 3), "ms", online,
            p99=round(lat["signature_p99"], 3), **extra)
-    batch_cfg = f"{net}; {args.rows} rows, batch {args.batch_size}, DirectRunner, 2 cores shared"
+    batch_cfg = f"{net}; {args.rows} rows, batch {args.batch_size}, FnApiRunner, 2 cores shared"
     record("serving", "beam_rows_per_s", round(batch["beam"]), "rows/s", batch_cfg,
            seconds=round(batch["beam_seconds"], 2), **extra)
     record("serving", "direct_rows_per_s", round(batch["direct"]), "rows/s", batch_cfg,

@@ -3,7 +3,8 @@
     python -m ranking.batch_score --model exports/dashclip_two_tower/3 --input data/demo/training_sets/v1/test \
         --output scores.parquet [--keys impression_id] [--batch-size 4096] [Beam options, e.g. --runner=FlinkRunner]
 
-The pipeline (DirectRunner unless a --runner is given; every option this parser does not know goes to Beam):
+The pipeline (every option this parser does not know goes to Beam; without a --runner it runs on Beam's in-process
+FnApiRunner, because Beam's DirectRunner would first try to download the Prism runner binary from GitHub):
 
     parquet files -> Arrow record batches (ReadAllFromParquetBatched, no per-row Python)
       -> slices of --batch-size rows -> serialized tf.Examples (ranking.examples.encode_examples, the model's
@@ -238,10 +239,17 @@ def inference_spec(model_dir: Path):
         batch_parameters=model_spec_pb2.BatchParameters(min_batch_size=1, max_batch_size=1))
 
 
+def pipeline_options(beam_args: list[str]):
+    """Beam's PipelineOptions from the user's Beam arguments, with FnApiRunner when they name no runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    has_runner = any(a == "--runner" or a.startswith("--runner=") for a in beam_args)
+    return PipelineOptions(list(beam_args) if has_runner else ["--runner=FnApiRunner", *beam_args])
+
+
 def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_args: list[str]) -> Path:
     """Run the Beam pipeline and rename its single output file onto `output`; nothing is left on failure."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
     from tfx_bsl.public.beam.run_inference import RunInferenceOnKeyedBatches
 
     output = Path(output).absolute()
@@ -250,7 +258,7 @@ def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_ar
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
             _ = (pipeline
                  | "Files" >> beam.Create([str(f) for f in plan.files])
                  | "Read" >> beam.io.ReadAllFromParquetBatched(columns=plan.columns)

@@ -88,9 +88,14 @@ def ranker(exported):
 # ------------------------------------------------------------------------------------------------ batch scoring
 
 
-def test_batch_scores_match_direct_calls_one_per_row(exported, test_table, direct, tmp_path):
+def test_batch_scores_match_direct_calls_one_per_row(exported, test_table, direct, tmp_path, monkeypatch):
+    from apache_beam.runners.portability import prism_runner
+
     from ranking.batch_score import main
 
+    # No --runner: the pipeline must not go near Prism (Beam's DirectRunner tries to download its binary first).
+    prism_calls = []
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: prism_calls.append(a) or 1 / 0)
     # Two input files (the folder form of --input) and a batch size that leaves a partial last batch.
     half = test_table.num_rows // 2
     (tmp_path / "in").mkdir()
@@ -100,6 +105,7 @@ def test_batch_scores_match_direct_calls_one_per_row(exported, test_table, direc
     assert main(["--model", str(exported[0]), "--input", str(tmp_path / "in"), "--output", str(out),
                  "--batch-size", "700"]) == 0
 
+    assert prism_calls == []
     scores = pq.read_table(out)
     assert scores.column_names == ["impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id",
                                    "probability"]
@@ -298,3 +304,16 @@ def test_ranker_rejects_a_store_of_another_embedding_width(exported, test_table,
     fake.embedding_dim = 32
     with pytest.raises(ValueError, match="width 32"):
         OnlineRanker(exported[0], online=fake)
+
+
+def test_beam_runner_defaults_to_fnapi_and_a_given_runner_is_kept():
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from ranking.batch_score import pipeline_options
+
+    assert pipeline_options([]).view_as(StandardOptions).runner == "FnApiRunner"
+    options = pipeline_options(["--direct_num_workers=2"])
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    assert pipeline_options(["--runner=FlinkRunner"]).view_as(StandardOptions).runner == "FlinkRunner"
+    assert pipeline_options(["--runner", "PrismRunner"]).view_as(StandardOptions).runner == "PrismRunner"
