@@ -72,7 +72,6 @@ def checked_embedding_matrix(column, name: str, dim: int, where: str = "",
     return values
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Embeddings and catalog attributes
 

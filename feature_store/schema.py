@@ -666,4 +666,3 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
