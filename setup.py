@@ -49,7 +49,7 @@ setup(
     version="0.1.0",
     description="DashCLIP multimodal embeddings and a two-tower pCTR ranker for ads, end to end",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["embeddings*", "feature_store*", "ranking*", "experiments*"]),
+    packages=find_packages(include=["core*", "embeddings*", "feature_store*", "ranking*", "experiments*"]),
     package_data={"experiments": ["configs/**/*.yaml"], "feature_store": ["repo/*.yaml", "repo/*.py", "README.md"]},
     install_requires=BASE,
     extras_require=EXTRAS,

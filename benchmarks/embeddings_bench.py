@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import record  # noqa: E402
 from embeddings import train  # noqa: E402
-from experiments.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

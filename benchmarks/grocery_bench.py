@@ -243,7 +243,7 @@ def run(data_root: Path, config: Path, image_size: int, epochs: int, n_classes: 
     from embeddings import train
     from embeddings.data import load_catalog
     from embeddings.model import build_model, load_checkpoint, load_tokenizer
-    from experiments.config import load_config
+    from core.config import load_config
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="grocery-bench-"))

@@ -35,9 +35,9 @@ from sklearn.metrics import f1_score
 from embeddings import data as D
 from embeddings.model import DashClip, build_model, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
 from embeddings.train import EmbeddingConfig, prepare_stage2, product_hidden_all, set_threads
-from experiments.config import add_config_args, config_from_args
+from core.config import add_config_args, config_from_args
 from feature_store.schema import read_table
-from ranking.metrics import auc
+from core.metrics import auc
 
 METRICS = ("aisle_acc", "relevance_f1", "recall_at_10", "ndcg_at_10", "cos_auc_2v0")
 K = 10
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from experiments.tracking import setup_mlflow
+    from core.tracking import setup_mlflow
 
     setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()

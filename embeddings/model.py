@@ -19,8 +19,6 @@ import copy
 import hashlib
 import io
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -33,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval, BlipTextModel
 
-from feature_store.schema import replace_folder
+from core.files import staged_folder
 
 # BlipImageProcessor normalises pixels with the OpenAI CLIP statistics (OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -342,7 +340,7 @@ def _first_difference(found: dict, wanted: dict) -> str | None:
 def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
                     extra_tensors: dict[str, torch.Tensor] | None = None, extra_json: dict | None = None) -> Path:
     """Write model.safetensors and model_config.json (cfg, the resolved BlipConfig, fingerprint, extra_json) into
-    path_dir, via a temporary sibling folder swapped in by feature_store.schema.replace_folder. extra_tensors
+    path_dir, through core.files.staged_folder (complete or not at all). extra_tensors
     (e.g. optimizer state) go to train_state.safetensors."""
     if cfg.modalities != model.cfg.modalities:
         raise ValueError(f"cfg.modalities={cfg.modalities!r} but the model was built with {model.cfg.modalities!r}")
@@ -350,9 +348,7 @@ def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
                                                             architecture(blip_config(cfg)))):
         raise ValueError(f"cfg does not describe this model: the model has {diff}")
     path = Path(path_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         # clone: safetensors refuses tensors that share storage (tied weights, views)
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
@@ -362,10 +358,6 @@ def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
         meta = {"model_config": asdict(cfg), "blip_config": model.blip_config.to_dict(),
                 "enc_token_id": model.enc_token_id, "fingerprint": fingerprint(model), **(extra_json or {})}
         (tmp / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

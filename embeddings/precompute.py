@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,8 @@ from tqdm import tqdm
 
 from embeddings.data import load_catalog, load_queries
 from embeddings.model import DashClip, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
-from feature_store.schema import read_table, replace_folder, write_table
+from core.files import staged_folder
+from feature_store.schema import read_table, write_table
 
 ROWS_PER_PART = 50_000
 EPOCH_US = 0  # 1970-01-01T00:00:00Z
@@ -86,10 +86,7 @@ def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, bat
     tokenizer = load_tokenizer(cfg)
     dim = model.embed_dim
     out = data_dir / "embeddings" / version
-    tmp = out.parent / f".{version}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(out) as tmp:  # an older run of the same version is replaced whole
         catalog = load_catalog(data_dir, cfg.image_size, with_images=model.product_input != "title")
         if catalog.skipped_images:
             raise ValueError("precompute embeds every product; fix the unreadable pictures first")
@@ -128,10 +125,6 @@ def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, bat
                 "products": len(catalog), "queries": len(texts),
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        replace_folder(tmp, out)  # an older run of the same version is replaced whole
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -44,7 +44,7 @@ from embeddings import data as D
 from embeddings.loss import SoftTargets, clamp_temperature, itc_loss, itm_loss, pqc_loss, sample_hard_negatives
 from embeddings.model import (DashClip, ModelConfig, build_model, load_checkpoint, load_tokenizer, read_checkpoint_meta,
                               save_checkpoint, tokenize)
-from experiments.config import ConfigError, add_config_args, config_from_args, config_to_dict
+from core.config import ConfigError, add_config_args, config_from_args, config_to_dict
 
 
 @dataclass(frozen=True)
@@ -510,7 +510,7 @@ def prepare_stage2(model: DashClip, keep_product_proj: bool) -> None:
 def validate_queries(model: DashClip, product_emb: Callable[[np.ndarray], torch.Tensor], q_ids, q_mask, q_row: dict,
                      pairs) -> dict:
     """PQC ranking quality on the held-out queries' labelled pairs: AUC of cos for label 2 vs label 0."""
-    from ranking.metrics import auc
+    from core.metrics import auc
 
     pairs = pairs[pairs.label != 1]
     if pairs.label.nunique() < 2:
@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(cfg.threads)
     import mlflow
 
-    from experiments.tracking import flatten, setup_mlflow
+    from core.tracking import flatten, setup_mlflow
 
     setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from experiments.config import add_config_args, config_from_args, config_to_dict
+from core.config import add_config_args, config_from_args, config_to_dict
 from experiments.world import (
     DAY_US, DEVICE_EFFECT, DEVICES, INTENTS, World, WorldConfig, build_world, product_images, rng_for, true_labels,
 )
-from feature_store.schema import replace_folder, write_table
+from core.files import staged_folder
+from feature_store.schema import write_table
 
 RAW_TABLES = ("products", "queries", "relevance", "impressions", "purchases")
 HIDDEN_TABLES = ("impression_truth", "relevance_truth", "product_truth", "query_truth")
@@ -319,7 +319,7 @@ class Summary:
             self.test_p.append(truth["click_prob"].to_numpy())
 
     def finish(self, relevance: pa.Table, relevance_truth: pa.Table) -> dict:
-        from ranking.metrics import auc
+        from core.metrics import auc
 
         cfg = self.world.cfg
         total = sum(self.impressions.values())
@@ -394,16 +394,9 @@ def simulate(cfg: WorldConfig, out: Path, overwrite: bool = False, progress: boo
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)  # a previous run that was killed
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(out) as tmp:
         meta = _write_world(cfg, tmp, progress)
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

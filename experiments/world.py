@@ -88,7 +88,7 @@ class WorldConfig:
         return self.train_days + self.valid_days + self.test_days
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         checks = {
             "types_per_aisle": 1 <= self.types_per_aisle <= min(len(t) for t in vocab.AISLE_TYPES.values()),

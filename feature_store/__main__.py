@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.config import add_config_args, config_from_args
+from core.config import add_config_args, config_from_args
 from feature_store.config import FeatureStoreConfig
 
 COMMANDS = ("build", "materialize", "training-set")

@@ -36,7 +36,7 @@ class FeatureStoreConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if self.history_days < 1:
             raise ConfigError(f"FeatureStoreConfig: 'history_days' must be >= 1, got {self.history_days}")
@@ -54,7 +54,7 @@ class FeatureStoreConfig:
 
 def parse_time(text: str, key: str) -> datetime:
     """An ISO time with a time zone ('Z' or an offset) as an aware UTC datetime; ConfigError naming `key`."""
-    from experiments.config import ConfigError
+    from core.config import ConfigError
 
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -27,7 +27,6 @@ Contracts
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from core.files import staged_file
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 EMBEDDING = pa.list_(pa.float32())
@@ -645,24 +646,7 @@ def write_table(table_name: str, data: Any, folder: str | os.PathLike, part: int
     table = validate(table_name, data, source=folder, embedding_dim=embedding_dim)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"part-{part:05d}.parquet"
-    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-    try:
+    with staged_file(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
-
-def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Move a finished folder into place. A folder cannot be replaced while it holds files, so an older one is
-    renamed aside first and removed after the swap: readers see the old folder or the new one, never a mix."""
-    tmp, target = Path(tmp), Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -17,8 +17,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
-import shutil
 import string
 import sys
 import warnings
@@ -32,7 +30,8 @@ import pyarrow.compute as pc
 import yaml
 from tqdm import tqdm
 
-from experiments.config import config_to_dict
+from core.config import config_to_dict
+from core.files import staged_folder, write_text_atomically
 from feature_store import derive
 from feature_store.config import SPLITS, FeatureStoreConfig, Layout, parse_time
 from feature_store.features import (
@@ -40,7 +39,7 @@ from feature_store.features import (
     assemble, feature_groups,
 )
 from feature_store.schema import (
-    COUNT_ENTITIES, COUNT_WINDOWS_DAYS, TABLES, TIMESTAMP, SchemaError, read_table, replace_folder, write_table,
+    COUNT_ENTITIES, COUNT_WINDOWS_DAYS, TABLES, TIMESTAMP, SchemaError, read_table, write_table,
 )
 
 PACKAGE_REPO = Path(__file__).resolve().parent / "repo"
@@ -109,12 +108,6 @@ def check_entity_rows(rows, where: str = "entity rows") -> pa.Table:
 def _us(t: datetime) -> int:
     """Microseconds since the epoch, exactly (no float seconds on the way)."""
     return (t - EPOCH) // timedelta(microseconds=1)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _chunks(files, rows: int):
@@ -254,9 +247,9 @@ class FeatureRepo:
             "count_entities": list(COUNT_ENTITIES), "versions": versions,
         }
         self.layout.repo.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.layout.repo / "feature_store.yaml", text)
-        _atomic_write_text(self.layout.repo / "definitions.py", (PACKAGE_REPO / "definitions.py").read_text())
-        _atomic_write_text(self.layout.repo / "params.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
+        write_text_atomically(self.layout.repo / "feature_store.yaml", text)
+        write_text_atomically(self.layout.repo / "definitions.py", (PACKAGE_REPO / "definitions.py").read_text())
+        write_text_atomically(self.layout.repo / "params.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
         return params
 
     def _apply(self, dim: int, meta: dict) -> None:
@@ -353,9 +346,6 @@ class FeatureRepo:
         splits = self.splits()
         bounds_us = {s: (_us(a), _us(b)) for s, (a, b) in splits.items()}
         target = self.layout.training_sets(self.version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         parts = {s: 0 for s in splits}
         rows = {s: 0 for s in splits}
         outside = 0
@@ -363,7 +353,7 @@ class FeatureRepo:
         if not files:
             raise FileNotFoundError(f"table 'impressions': no parquet files in {self.layout.raw('impressions')}")
         bar = tqdm(files, desc=f"training sets {self.version}", unit="part", disable=not self.cfg.progress)
-        try:
+        with staged_folder(target) as tmp:
             for chunk in _chunks(bar, self.cfg.chunk_rows):
                 store = self.historical(chunk.select(["ts", *ENTITY_KEYS]))
                 table = assemble({c: chunk.column(c) for c in IMPRESSION_COLUMNS},
@@ -406,9 +396,5 @@ class FeatureRepo:
                           "feature_refs": self.feature_refs()},
                 "config": config_to_dict(self.cfg),
             }
-            _atomic_write_text(tmp / "metadata.json", json.dumps(metadata, indent=2) + "\n")
-            replace_folder(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_text_atomically(tmp / "metadata.json", json.dumps(metadata, indent=2) + "\n")
         return metadata

@@ -2,7 +2,7 @@
 
 tensorflow-recommenders needs Keras 2, which TensorFlow 2.16+ only gives through tf-keras when
 TF_USE_LEGACY_KERAS=1 is set before TensorFlow is first imported (DESIGN.md section 6). Setting it here, in the
-modules that need TensorFlow, keeps `ranking.metrics` and the baselines free of a TensorFlow import.
+modules that need TensorFlow, keeps `core.metrics` and the baselines free of a TensorFlow import.
 """
 
 from __future__ import annotations

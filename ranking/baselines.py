@@ -38,7 +38,7 @@ class BaselineConfig:
     threads: int = 1  # LightGBM threads; OpenMP spin-waits collapse on a shared 2-core machine, so 1 by default
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if self.prior_strength <= 0:
             raise ConfigError("baselines.prior_strength must be > 0")

@@ -39,7 +39,7 @@ class NetConfig:
     id_dropout: float = 0.05  # training: share of ids sent to their OOV row, which then learns unseen ids
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if self.id_embedding_dim < 1 or self.content_projection_dim < 1:
             raise ConfigError("net: id_embedding_dim and content_projection_dim must be >= 1")
@@ -72,7 +72,7 @@ class TrainConfig:
     resume: bool = True  # continue from a matching checkpoint
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.steps_per_execution < 1:
             raise ConfigError("train: epochs, batch_size, eval_batch_size and steps_per_execution must be >= 1")

@@ -74,7 +74,7 @@ class FeatureConfig:
     oov_buckets: int = 1  # hashed buckets for unseen ids, per feature
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if not self.id_features:
             raise ConfigError("features.id_features: the neural models need at least one id feature")

@@ -12,7 +12,7 @@ Keys follow DESIGN.md section 9: `<split>/<metric>` and `<split>/<metric>/<slice
                                             bucket is the cold-start curve (gain_slices entry `product_history`)
     user_history / user_no_history          history_count > 0 or not (when the column is there)
     position_<k>                            one slice per position
-Metric definitions are `ranking.metrics` (numpy), the same ones benchmarks and notebooks use.
+Metric definitions are `core.metrics` (numpy), the same ones benchmarks and notebooks use.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feature_store.schema import COUNT_WINDOWS_DAYS
-from ranking import metrics
+from core import metrics
 from ranking.data import Split
 
 SLICE_METRICS = ("auc", "logloss", "ne", "calibration", "count")
@@ -43,7 +43,7 @@ class SliceConfig:
     min_count: int = 100
 
     def validate(self) -> None:
-        from experiments.config import ConfigError
+        from core.config import ConfigError
 
         if self.query_tail_max_requests >= self.query_head_min_requests:
             raise ConfigError("slices: query_tail_max_requests must be below query_head_min_requests")

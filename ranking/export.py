@@ -55,7 +55,7 @@ class Exported:
 def _client():
     from mlflow import MlflowClient
 
-    from experiments.tracking import tracking_uri
+    from core.tracking import tracking_uri
 
     return MlflowClient(tracking_uri=tracking_uri())
 

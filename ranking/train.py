@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.config import ConfigError, add_config_args, config_to_dict, load_config
-from ranking import metrics
+from core.config import ConfigError, add_config_args, config_to_dict, load_config
+from core import metrics
 from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required_columns
 from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
 from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
@@ -250,7 +250,7 @@ def _run_model(name: str, ctx: _Context) -> ModelResult:
         seeds = 1 if name in DETERMINISTIC else cfg.seeds
         params = {"model": name, "seeds": seeds, "seed": cfg.seed}
         if neural:
-            from experiments.tracking import flatten
+            from core.tracking import flatten
 
             params.update(flatten(config_to_dict(cfg.net), "net."))
             params.update(flatten(config_to_dict(cfg.train), "train."))
@@ -397,7 +397,7 @@ def run(cfg: RankingConfig) -> ExperimentResult:
     import mlflow
     from mlflow.entities import Metric
 
-    from experiments.tracking import flatten, setup_mlflow, tracking_uri
+    from core.tracking import flatten, setup_mlflow, tracking_uri
 
     folder = resolve_training_set(cfg.data, cfg.embedding_version, cfg.training_set)
     use_embeddings = any(MODEL_KINDS[m]["content"] != "none" for m in cfg.models if m in MODEL_KINDS)

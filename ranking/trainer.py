@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from ranking import metrics
+from core import metrics
+from core.files import staged_folder
 from ranking.evaluation import fit_calibration, logit, sigmoid
 from ranking._tf import tf
 from ranking.config import TrainConfig
@@ -70,20 +70,6 @@ def predict(model: PCTRModel, split: Split, spec: FeatureSpec, batch_size: int =
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-def _write_atomically(folder: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) then swap tmp into `folder`; the previous complete folder survives any crash in between."""
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f"{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _complete(folder: Path) -> Path | None:
     """The folder, or its `.old` twin if a crash hit between the two renames; None if neither is complete."""
     for candidate in (folder, folder.with_name(f"{folder.name}.old")):
@@ -100,11 +86,11 @@ def _checkpoint(model: PCTRModel) -> tf.train.Checkpoint:
 
 
 def _save(folder: Path, model: PCTRModel, state: dict) -> None:
-    def write(tmp: Path) -> None:
+    """Swap a complete checkpoint into `folder`; the previous one waits under the fixed `.old` name during the swap
+    so that _complete finds it after a crash between the two renames."""
+    with staged_folder(folder, old=folder.with_name(f"{folder.name}.old")) as tmp:
         _checkpoint(model).write(str(tmp / "ckpt"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-
-    _write_atomically(folder, write)
 
 
 def _restore(folder: Path, model: PCTRModel) -> dict:

@@ -15,7 +15,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def _world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    from experiments.config import load_config
+    from core.config import load_config
     from experiments.simulate import simulate
     from experiments.world import WorldConfig
 

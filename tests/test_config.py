@@ -1,4 +1,4 @@
-"""experiments.config: defaults, YAML and key=value overrides, and errors that name the key."""
+"""core.config: defaults, YAML and key=value overrides, and errors that name the key."""
 
 import argparse
 import dataclasses
@@ -12,7 +12,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from experiments.config import ConfigError, add_config_args, config_from_args, config_to_dict, dump_config, load_config
+from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, dump_config, load_config
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def test_bad_inputs_are_named_and_the_run_is_marked_failed(world):
     with pytest.raises(ValueError, match="text_hidden=32.*text_hidden=48"):
         evaluate.main(["--config", CONFIG, "--data", str(world), "--no-tsne", "model.text_hidden=48",
                        "--encoder", f"stage1={world / 'embeddings' / 'checkpoints' / 'stage1'}"])
-    from experiments.config import ConfigError
+    from core.config import ConfigError
 
     with pytest.raises(ConfigError, match="stage1.lr"):
         _train(world, 1, "stage1.lr=fast")

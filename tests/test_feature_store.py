@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experiments.config import ConfigError
+from core.config import ConfigError
 from feature_store.__main__ import main
 from feature_store.features import ONLINE_COLUMNS, TRAINING_COLUMNS
 from feature_store.schema import COUNT_ENTITIES, COUNT_WINDOWS_DAYS, SchemaError, read_table

@@ -1,4 +1,4 @@
-"""ranking.metrics against scikit-learn references and hand-computed values."""
+"""core.metrics against scikit-learn references and hand-computed values."""
 
 import math
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from ranking import metrics as M
+from core import metrics as M
 
 
 def _random_data(n, seed, ties=False):
@@ -336,7 +336,7 @@ def test_bootstrap_ci_drops_undefined_resamples():
 
 
 def test_module_import_is_light():
-    code = "import sys, ranking.metrics; print(sorted(m for m in ('tensorflow', 'sklearn', 'torch') if m in sys.modules))"
+    code = "import sys, core.metrics; print(sorted(m for m in ('tensorflow', 'sklearn', 'torch') if m in sys.modules))"
     repo_root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"

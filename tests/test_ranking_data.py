@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from ranking_fixtures import make_training_set, rewrite_split
 
-from experiments.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from ranking.data import FeatureConfig, TrainingSetError, load_training_set, resolve_training_set
 
 FC = FeatureConfig()

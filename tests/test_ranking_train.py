@@ -132,7 +132,7 @@ def test_slices_from_train_statistics_and_counts():
 def test_product_history_buckets_and_their_gain_slice_name():
     import numpy as np
 
-    from experiments.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
     from ranking.evaluation import SliceConfig, expand_slices, history_buckets
     from ranking.train import RankingConfig
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import simulate as sim
-from experiments.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from experiments.world import WorldConfig, build_space, build_world, true_labels
 from feature_store.schema import TABLES, read_table
 from tests.conftest import WORLD_CONFIGS
@@ -153,7 +153,7 @@ def test_fresh_products_are_drawn_1_plus_boost_times_as_often(boost):
 
 
 def test_fresh_boost_must_leave_fresh_products_a_chance():
-    from experiments.config import ConfigError
+    from core.config import ConfigError
     from experiments.world import WorldConfig
 
     with pytest.raises(ConfigError, match="fresh_boost"):

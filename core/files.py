@@ -1,0 +1,89 @@
+"""Atomic writes: a reader sees an old file or folder or the new one, never a half-written one.
+
+    with staged_folder(out) as tmp:      # an empty hidden sibling of `out`
+        write_everything_into(tmp)       # an error here removes tmp and leaves `out` as it was
+    # here `out` is the new folder
+
+    with staged_file(path) as tmp:       # a hidden sibling file of `path`
+        pq.write_table(table, tmp)
+
+Renames stay on one file system because the staging path is a sibling of the target.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, old: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `target`; swap it into place when the block ends without an error,
+    remove it otherwise. `old`: see replace_folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, target, old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str | os.PathLike | None = None) -> None:
+    """Move the finished folder `tmp` to `target`. A folder cannot be replaced while it holds files, so an older
+    `target` is renamed to `old` first and removed after the swap. By default `old` is a hidden sibling private to
+    this process; a fixed name lets a restarted process find the previous folder if it was killed between the two
+    renames."""
+    tmp, target = Path(tmp), Path(target)
+    previous = None
+    if target.exists():
+        previous = Path(old) if old is not None else target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_orphans(target: Path) -> None:
+    """Remove staging folders of `target` left by killed processes (their pid is in the name)."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.tmp-*-*"):
+        pid = leftover.name[len(target.name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextmanager
+def staged_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden sibling path of `target` to write; rename it to `target` when the block ends without an
+    error, remove it otherwise."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    with staged_file(path) as tmp:
+        tmp.write_text(text)
