@@ -5,7 +5,7 @@ rows/s through the Beam pipeline (ranking.batch_score, in-process FnApiRunner) v
 
 The model: `dashclip_two_tower` with the demo network (experiments/configs/ranking/demo.yaml, which keeps
 ranking/config.py's NetConfig defaults: 16-d id embeddings, 3 full-rank cross layers, DNN [256, 128], 64-d content
-projections, head [128, 64]), fit for one epoch on the synthetic training set of tests/ranking_fixtures.py with
+projections, head [128, 64]), fit for one epoch on the synthetic training set of tests/helpers/training_sets.py with
 256-d embeddings (the demo DashCLIP width) and exported through `python -m ranking.train` in a subprocess. The
 weights do not change the cost of a forward pass; the fit only makes the scores non-trivial.
 
@@ -52,8 +52,8 @@ def _env(tmp: Path) -> dict:
 def train_and_export(tmp: Path) -> Path:
     """The synthetic training set (256-d embeddings) and a one-epoch dashclip_two_tower with the demo network,
     exported; returns the version folder."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from ranking_fixtures import make_training_set
+    sys.path.insert(0, str(ROOT))  # the tests package holds the synthetic training set
+    from tests.helpers.training_sets import make_training_set
 
     make_training_set(tmp, dim=DIM)
     command = [sys.executable, "-m", "ranking.train", "--config", str(ROOT / "experiments/configs/ranking/demo.yaml"),

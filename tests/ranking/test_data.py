@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from ranking_fixtures import make_training_set, rewrite_split
+from tests.helpers.training_sets import make_training_set, rewrite_split
 
 from core.config import ConfigError, load_config
 from ranking.data import FeatureConfig, TrainingSetError, load_training_set, resolve_training_set

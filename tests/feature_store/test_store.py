@@ -20,8 +20,8 @@ from feature_store.__main__ import main
 from feature_store.features import ONLINE_COLUMNS, TRAINING_COLUMNS
 from feature_store.schema import COUNT_ENTITIES, COUNT_WINDOWS_DAYS, SchemaError, read_table
 from feature_store.standin import write_standin_embeddings
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "configs" / "features" / "tiny.yaml")
 VERSION, DIM = "standin-v1", 16
 DAY = pd.Timedelta(days=1)

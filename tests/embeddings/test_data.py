@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from table_helpers import rewrite_raw_table
+from tests.helpers.tables import rewrite_raw_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ranking_fixtures import make_training_set
+from tests.helpers.training_sets import make_training_set
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "dashclip_two_tower"
 REGISTERED = f"pctr-{MODEL}"
 

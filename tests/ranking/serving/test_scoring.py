@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from ranking_fixtures import make_training_set
+from tests.helpers.training_sets import make_training_set
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "configs" / "ranking" / "tiny.yaml")
 DIM = 16  # make_training_set's embedding width
 

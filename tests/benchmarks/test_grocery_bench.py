@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import grocery_bench as gb
+from tests.conftest import ROOT, SHARED_DATA
 
-GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery_store_dataset"
-TINY = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "embeddings" / "tiny.yaml"
+GROCERY = SHARED_DATA / "grocery_store_dataset"
+TINY = ROOT / "experiments" / "configs" / "embeddings" / "tiny.yaml"
 needs_data = pytest.mark.skipif(not (GROCERY / "dataset" / "classes.csv").is_file(),
                                 reason=f"{GROCERY} (the Grocery Store Dataset sample) is not present")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ranking_fixtures import make_training_set
+from tests.helpers.training_sets import make_training_set
 
 from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
 from ranking.data import FeatureConfig, load_training_set, make_dataset

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ranking_fixtures import make_training_set, rewrite_split
+from tests.helpers.training_sets import make_training_set, rewrite_split
 
 from ranking.data import TrainingSetError
+from tests.conftest import ROOT
 
 ROOT_CONFIG = "experiments/configs/ranking/tiny.yaml"
 ALL = ["base_rate", "historical_ctr", "logistic_regression", "gbdt", "dcn", "dashclip_two_tower"]
@@ -30,7 +31,7 @@ def store(tmp_path, monkeypatch):
 def _config_path():
     from pathlib import Path
 
-    return str(Path(__file__).resolve().parents[1] / ROOT_CONFIG)
+    return str(ROOT / ROOT_CONFIG)
 
 
 def _runs(client, experiment="pctr-ranking"):

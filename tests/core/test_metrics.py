@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from core import metrics as M
+from tests.conftest import ROOT
 
 
 def _random_data(n, seed, ties=False):
@@ -337,6 +338,6 @@ def test_bootstrap_ci_drops_undefined_resamples():
 
 def test_module_import_is_light():
     code = "import sys, core.metrics; print(sorted(m for m in ('tensorflow', 'sklearn', 'torch') if m in sys.modules))"
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = ROOT
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"
