@@ -162,35 +162,20 @@ def _auc_2v0(labels: np.ndarray, cos: np.ndarray) -> float:
 
 
 def world_judgments(data_dir: Path, catalog: D.Catalog, query_ids: np.ndarray) -> dict[int, dict[int, int]] | None:
-    """Every catalog product's true relevance to each query, from the simulated world that wrote data_dir (rebuilt
-    from world.json's config: about a second for the demo world). None when data_dir is not a simulated world or
-    the rebuilt catalog does not match the products table (a guard against a stale world.json)."""
-    meta = Path(data_dir) / "world.json"
-    if not meta.is_file():
+    """Every catalog product's true relevance to each query, from the hidden `retrieval_truth` table a simulated
+    world writes. None when data_dir has no such table or it does not cover every query asked for."""
+    folder = Path(data_dir) / "hidden" / "retrieval_truth"
+    if not folder.is_dir():
         return None
-    import dataclasses
-
-    from experiments.world import WorldConfig, build_world, true_labels
-
-    config = json.loads(meta.read_text()).get("config", {})
-    known = {f.name for f in dataclasses.fields(WorldConfig)}
-    try:
-        world = build_world(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in config.items() if k in known}))
-    except Exception:  # noqa: BLE001 - any mismatch means: no world judgments
+    truth = read_table("retrieval_truth", folder).to_pandas()
+    truth = truth[truth.query_id.isin(query_ids)]
+    if truth.query_id.nunique() < len(np.unique(query_ids)):
         return None
-    p_index = catalog.product_ids - 1  # the simulator numbers products and queries from 1
-    if p_index.min(initial=0) < 0 or p_index.max(initial=-1) >= world.n_products or \
-            [world.p_title[i] for i in p_index] != catalog.titles:
-        return None
-    q_index = np.asarray(query_ids) - 1
-    if q_index.max(initial=-1) >= len(world.q_text):
-        return None
-    out = {}
-    for qid, qi in zip(query_ids, q_index):
-        gains = true_labels(world, np.full(len(p_index), qi), p_index)  # [N] 0/1/2
-        rows = np.flatnonzero(gains)
-        out[int(qid)] = dict(zip(rows.tolist(), gains[rows].tolist()))
+    row = pd.Index(catalog.product_ids).get_indexer(truth.product_id.to_numpy())
+    out: dict[int, dict[int, int]] = {int(q): {} for q in np.unique(query_ids)}
+    for q, r, g in zip(truth.query_id.to_numpy(), row, truth.true_label.to_numpy()):
+        if r >= 0:
+            out[int(q)][int(r)] = int(g)
     return out
 
 

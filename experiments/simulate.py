@@ -5,7 +5,7 @@
 Output, written atomically (a temporary sibling folder renamed into place when complete):
     data/<name>/world.json                  config, split boundaries, row counts, summary
     data/<name>/raw/<table>/part-*.parquet  products, queries, relevance, impressions, purchases
-    data/<name>/hidden/<table>/...          impression_truth, relevance_truth, product_truth, query_truth
+    data/<name>/hidden/<table>/...          impression_truth, relevance_truth, retrieval_truth, product_truth, query_truth
 Traffic is generated day by day (one impressions part per day), so memory stays flat however many days.
 The same seed writes the same bytes.
 """
@@ -31,7 +31,7 @@ from core.files import staged_folder
 from feature_store.schema import write_table
 
 RAW_TABLES = ("products", "queries", "relevance", "impressions", "purchases")
-HIDDEN_TABLES = ("impression_truth", "relevance_truth", "product_truth", "query_truth")
+HIDDEN_TABLES = ("impression_truth", "relevance_truth", "retrieval_truth", "product_truth", "query_truth")
 FRESH_DAYS = 14
 PRODUCTS_PER_PART = 20_000
 
@@ -273,6 +273,23 @@ def simulate_relevance(world: World) -> tuple[pa.Table, pa.Table]:
     return relevance, truth
 
 
+def retrieval_truth(world: World, query_ids: np.ndarray) -> pa.Table:
+    """Every catalog product's true relevance (1 or 2; 0 left out) to each of `query_ids`: the retrieval judgments
+    that embedding evaluation ranks the whole catalog against."""
+    q_index = np.unique(query_ids) - 1
+    products = np.arange(world.n_products)
+    qid, pid, label = [], [], []
+    for start in range(0, len(q_index), 256):  # [256, P] labels at a time
+        q = q_index[start:start + 256]
+        labels = true_labels(world, np.repeat(q[:, None], len(products), axis=1), np.tile(products, (len(q), 1)))
+        rows, cols = np.nonzero(labels)
+        qid.append(q[rows] + 1)
+        pid.append(product_ids(cols))
+        label.append(labels[rows, cols])
+    return pa.table({"query_id": np.concatenate(qid).astype(np.int64), "product_id": np.concatenate(pid),
+                     "true_label": np.concatenate(label).astype(np.int8)})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # summary, accumulated day by day so the bench world never needs all impressions in memory
 
@@ -422,6 +439,9 @@ def _write_world(cfg: WorldConfig, root: Path, progress: bool) -> dict:
     write_table("relevance", relevance, raw / "relevance")
     write_table("relevance_truth", relevance_truth, hidden / "relevance_truth")
     rows["relevance"] = rows["relevance_truth"] = relevance.num_rows
+    judgments = retrieval_truth(world, relevance.column("query_id").to_numpy())
+    write_table("retrieval_truth", judgments, hidden / "retrieval_truth")
+    rows["retrieval_truth"] = judgments.num_rows
     purchases = simulate_purchases(world)
     write_table("purchases", purchases, raw / "purchases")
     rows["purchases"] = purchases.num_rows

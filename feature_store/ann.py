@@ -54,7 +54,7 @@ class ProductIndex:
         """The index over data/<name>/embeddings/<version>/products (validated with its metadata's dim)."""
         import json
 
-        from feature_store.derive import embedding_matrix
+        from feature_store.schema import embedding_matrix
         from feature_store.schema import read_table
 
         folder = Path(data_dir) / "embeddings" / embedding_version

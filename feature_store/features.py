@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_store.derive import DAY_US, embedding_matrix
+from feature_store.derive import DAY_US
+from feature_store.schema import embedding_matrix
 from feature_store.schema import COUNT_ENTITIES, TABLES, count_feature_names
 
 ID_COLUMNS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id", "campaign_id",

@@ -252,6 +252,15 @@ TABLES: dict[str, TableSchema] = {
             doc="Simulator ground truth: the relevance before label noise.",
         ),
         _table(
+            "retrieval_truth",
+            _key("query_id"),
+            _key("product_id"),
+            Column("true_label", pa.int8(), allowed=frozenset({1, 2})),
+            hidden=True,
+            doc="Simulator ground truth for retrieval: every catalog product relevant (1 or 2) to each query of the "
+                "relevance set; pairs left out are irrelevant.",
+        ),
+        _table(
             "product_truth",
             _key("product_id"),
             Column("type_id", pa.int32()),
@@ -650,3 +659,35 @@ def write_table(table_name: str, data: Any, folder: str | os.PathLike, part: int
         pq.write_table(table, tmp, compression="zstd")
     return target
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embedding columns as matrices
+
+
+def embedding_matrix(column, dim: int | None = None) -> np.ndarray:
+    """list<float32> column without nulls -> [N, D] float32 (rows validated to one length)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else np.zeros((0, dim or 0), np.float32)
+
+
+def checked_embedding_matrix(column, name: str, dim: int, where: str = "",
+                             error: type[Exception] = ValueError) -> np.ndarray:
+    """A list<float> or fixed-size-list column from a user's file -> float32 [N, dim]; `error`, prefixed with
+    `where` and naming the column, for null rows, rows of another width or NaN components."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if column.null_count:
+        raise error(f"{where}embedding column '{name}' has {column.null_count} null rows (unknown embeddings must "
+                    f"be zero vectors)")
+    if pa.types.is_fixed_size_list(column.type):
+        column = column.cast(pa.list_(column.type.value_type))
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != dim)
+    if len(wrong):
+        raise error(f"{where}embedding column '{name}' should have width {dim} but {len(wrong)} of {len(column)} "
+                    f"rows have another width (e.g. {int(lengths[wrong[0]])}, row {int(wrong[0])})")
+    values = embedding_matrix(column, dim)
+    if np.isnan(values).any():
+        raise error(f"{where}embedding column '{name}' has NaN components")
+    return values

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.derive import checked_embedding_matrix
+from feature_store.schema import checked_embedding_matrix
 
 SIGNATURE = "serve_tf_example"
 DEFAULT_KEYS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id")

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feature_store.derive import checked_embedding_matrix
+from feature_store.schema import checked_embedding_matrix
 
 SPLITS = ("train", "valid", "test")
 COUNT_PATTERN = re.compile(

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from feature_store import derive
+from feature_store import derive, schema
 from feature_store.ann import ProductIndex
 from feature_store.features import assemble, fill_embedding
 from feature_store.schema import TIMESTAMP, SchemaError, validate
@@ -192,13 +192,13 @@ def test_checked_embedding_matrix_names_the_column_and_the_problem():
     rows = [[0.5, 0.25], [1.0, -1.0]]
     for column in (pa.array(rows, pa.list_(pa.float32())), pa.array(rows, pa.list_(pa.float64(), 2)),
                    pa.chunked_array([pa.array(rows[:1]), pa.array(rows[1:])])):
-        values = derive.checked_embedding_matrix(column, "product_embedding", 2)
+        values = schema.checked_embedding_matrix(column, "product_embedding", 2)
         assert values.dtype == np.float32 and values.tolist() == rows
     with pytest.raises(MyError, match=r"^f.parquet: embedding column 'e' has 1 null rows"):
-        derive.checked_embedding_matrix(pa.array([[1.0, 0.0], None]), "e", 2, "f.parquet: ", MyError)
+        schema.checked_embedding_matrix(pa.array([[1.0, 0.0], None]), "e", 2, "f.parquet: ", MyError)
     with pytest.raises(ValueError, match=r"column 'e' should have width 2 but 1 of 3 rows .*\(e\.g\. 3, row 1\)"):
-        derive.checked_embedding_matrix(pa.array([[1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0]]), "e", 2)
+        schema.checked_embedding_matrix(pa.array([[1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0]]), "e", 2)
     with pytest.raises(ValueError, match="should have width 4 but 2 of 2 rows"):
-        derive.checked_embedding_matrix(pa.array(rows, pa.list_(pa.float32(), 2)), "e", 4)
+        schema.checked_embedding_matrix(pa.array(rows, pa.list_(pa.float32(), 2)), "e", 4)
     with pytest.raises(ValueError, match="column 'e' has NaN components"):
-        derive.checked_embedding_matrix(pa.array([[1.0, float("nan")]]), "e", 2)
+        schema.checked_embedding_matrix(pa.array([[1.0, float("nan")]]), "e", 2)
