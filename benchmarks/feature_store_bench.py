@@ -6,7 +6,7 @@ fresh process, and the online lookup latency of one request of 100 candidates.
 
 Worlds come from data/<name>/ when it holds raw tables (only raw/ and world.json are copied, into a temporary
 folder), else they are generated there with experiments.simulate. Embeddings are seeded random stand-ins of
-`--dim` dimensions (feature_store.standin), so the numbers do not depend on a trained DashCLIP.
+`--dim` dimensions (tests/helpers/embeddings.py), so the numbers do not depend on a trained DashCLIP.
 """
 
 from __future__ import annotations
@@ -22,18 +22,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.common import record
+from benchmarks.simulate_bench import simulate_world
+from feature_store.__main__ import main as feature_store_cli
+from feature_store.online import OnlineFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this repository's tests package (stand-in embeddings) before any installed `tests`
+from tests.helpers.embeddings import write_standin_embeddings  # noqa: E402
+
 VERSION = "bench-standin"
 
 
 def child(argv: list[str]) -> int:
     """Run `python -m feature_store <argv>` in this process and print its peak RSS (the parent records it)."""
-    from feature_store.__main__ import main
-
-    code = main(argv)
+    code = feature_store_cli(argv)
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
     return code
 
@@ -57,18 +62,12 @@ def world(name: str, tmp: Path) -> Path:
         shutil.copytree(source / "raw", data / "raw")
         shutil.copy(source / "world.json", data / "world.json")
     else:
-        subprocess.run([sys.executable, "-m", "experiments.simulate", "--config",
-                        str(ROOT / "experiments" / "configs" / "world" / f"{name}.yaml"), "--out", str(data),
-                        "--overwrite", "--no-progress"], check=True, cwd=ROOT)
+        simulate_world(name, data)
     return data
 
 
 def online_latency(data: Path, n_requests: int, candidates: int = 100) -> tuple[float, float]:
     """p50 / p99 milliseconds of OnlineFeatures.get for requests of `candidates` products."""
-    import pandas as pd
-
-    from feature_store.online import OnlineFeatures
-
     imp = pd.read_parquet(data / "raw" / "impressions", columns=["user_id", "query_id", "product_id", "ad_id", "ts"])
     online = OnlineFeatures(data, VERSION)
     rng = np.random.default_rng(0)
@@ -99,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", nargs="+", default=["build", "training-set", "materialize", "online"],
                         choices=["build", "training-set", "materialize", "online"])
     args = parser.parse_args(argv)
-    from feature_store.standin import write_standin_embeddings
-
     for name in args.worlds:
         tmp = Path(tempfile.mkdtemp(prefix=f"fsbench-{name}-"))
         try:

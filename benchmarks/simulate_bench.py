@@ -22,13 +22,18 @@ from benchmarks.common import record
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def simulate_world(name: str, out: Path) -> None:
+    """`python -m experiments.simulate` of experiments/configs/world/<name>.yaml into `out`, in a child process."""
+    subprocess.run([sys.executable, "-m", "experiments.simulate", "--config",
+                    str(ROOT / "experiments" / "configs" / "world" / f"{name}.yaml"), "--out", str(out),
+                    "--overwrite", "--no-progress"], check=True, cwd=ROOT)
+
+
 def run_world(name: str, out: Path) -> tuple[float, float, dict]:
     """Generate one world in a child process; returns (seconds, peak RSS in MiB, world.json)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "experiments.simulate", "--config",
-                    str(ROOT / "experiments" / "configs" / "world" / f"{name}.yaml"), "--out", str(out),
-                    "--overwrite", "--no-progress"], check=True, cwd=ROOT)
+    simulate_world(name, out)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:

@@ -1,4 +1,4 @@
-"""The simulated marketplace: writes a world's raw tables (DESIGN.md section 3) and its hidden ground truth.
+"""The simulated marketplace: writes a world's raw tables (docs/design.md) and its hidden ground truth.
 
     python -m experiments.simulate --config experiments/configs/world/demo.yaml --out data/demo [key=value ...]
 
@@ -24,10 +24,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from core.config import add_config_args, config_from_args, config_to_dict
+from core.files import staged_folder
+from core.metrics import auc
 from experiments.world import (
     DAY_US, DEVICE_EFFECT, DEVICES, INTENTS, World, WorldConfig, build_world, product_images, rng_for, true_labels,
 )
-from core.files import staged_folder
 from feature_store.schema import write_table
 
 RAW_TABLES = ("products", "queries", "relevance", "impressions", "purchases")
@@ -336,8 +337,6 @@ class Summary:
             self.test_p.append(truth["click_prob"].to_numpy())
 
     def finish(self, relevance: pa.Table, relevance_truth: pa.Table) -> dict:
-        from core.metrics import auc
-
         cfg = self.world.cfg
         total = sum(self.impressions.values())
         test_q = np.concatenate(self.test_query)

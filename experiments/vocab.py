@@ -8,7 +8,7 @@ so a model must learn that "soda" and "soft drink" mean the same thing.
 
 from __future__ import annotations
 
-# department -> aisles. Departments set the coarse geometry of the latent space (section 4 of DESIGN.md).
+# department -> aisles. Departments set the coarse geometry of the latent space (docs/design.md).
 DEPARTMENTS: dict[str, tuple[str, ...]] = {
     "fresh": ("produce", "meat and seafood", "dairy and eggs", "bakery", "deli"),
     "pantry": ("pantry staples", "canned goods", "breakfast", "condiments", "snacks", "candy", "frozen"),

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
+from core.config import ConfigError
 from experiments import images, vocab
 
 DAY_US = 86_400 * 1_000_000  # microseconds per day; all timestamps are int64 microseconds since the epoch (UTC)
@@ -88,8 +89,6 @@ class WorldConfig:
         return self.train_days + self.valid_days + self.test_days
 
     def validate(self) -> None:
-        from core.config import ConfigError
-
         checks = {
             "types_per_aisle": 1 <= self.types_per_aisle <= min(len(t) for t in vocab.AISLE_TYPES.values()),
             "n_products": self.n_products >= 2 * len(vocab.aisles()) * self.types_per_aisle,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from core.config import add_config_args, config_from_args
 from feature_store.config import FeatureStoreConfig
+from feature_store.store import FeatureRepo
 
 COMMANDS = ("build", "materialize", "training-set")
 
@@ -37,9 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     cfg = config_from_args(FeatureStoreConfig, args)
-
-    from feature_store.store import FeatureRepo  # imports Feast: after the arguments are known to be good
-
     repo = FeatureRepo(args.data, args.embeddings, cfg)
     started = time.perf_counter()
     if args.command == "build":

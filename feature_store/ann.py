@@ -13,10 +13,13 @@ faster for large catalogs. Rows with fewer than k products come back padded with
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from feature_store.schema import embedding_matrix, read_table
 
 
 @dataclass
@@ -30,7 +33,7 @@ class ProductIndex:
     def build(cls, product_ids, vectors, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 64,
               normalize: bool = False) -> "ProductIndex":
         """An index over `vectors` [P, D] (float32); `normalize` L2-normalises them first (cosine)."""
-        import faiss
+        import faiss  # loaded when an index is built, not by importing this module
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         product_ids = np.asarray(product_ids, dtype=np.int64)
@@ -52,11 +55,6 @@ class ProductIndex:
     @classmethod
     def from_embeddings(cls, data_dir: str | Path, embedding_version: str, kind: str = "flat") -> "ProductIndex":
         """The index over data/<name>/embeddings/<version>/products (validated with its metadata's dim)."""
-        import json
-
-        from feature_store.schema import embedding_matrix
-        from feature_store.schema import read_table
-
         folder = Path(data_dir) / "embeddings" / embedding_version
         dim = json.loads((folder / "metadata.json").read_text())["embedding_dim"]
         table = read_table("product_embeddings", folder / "products", embedding_dim=dim)

@@ -1,4 +1,4 @@
-"""The feature store's typed config and its on-disk layout (DESIGN.md section 9).
+"""The feature store's typed config and its on-disk layout (docs/design.md).
 
     data/<name>/features/
         repo/                   rendered Feast repository: feature_store.yaml, definitions.py, params.json
@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from core.config import ConfigError
 
 SPLITS = ("train", "valid", "test")
 
@@ -36,8 +38,6 @@ class FeatureStoreConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from core.config import ConfigError
-
         if self.history_days < 1:
             raise ConfigError(f"FeatureStoreConfig: 'history_days' must be >= 1, got {self.history_days}")
         if self.chunk_rows < 1:
@@ -54,8 +54,6 @@ class FeatureStoreConfig:
 
 def parse_time(text: str, key: str) -> datetime:
     """An ISO time with a time zone ('Z' or an offset) as an aware UTC datetime; ConfigError naming `key`."""
-    from core.config import ConfigError
-
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, AttributeError):

@@ -6,7 +6,8 @@ the point-in-time lookup "latest row with event_ts <= t" (Feast's offline join a
 returns exactly the value known at t. Each table has a row at every instant its value changes, including the
 rows that bring a value back to zero, so no TTL is needed.
 
-Leakage rules (tests/test_feature_store.py checks them against mutated worlds):
+Leakage rules (tests/feature_store/test_derive.py checks them at their boundaries, tests/feature_store/test_store.py
+against mutated worlds):
 - a row depends only on data from before its event_ts, so changing anything at or after time t changes no row
   with event_ts <= t;
 - impressions and clicks count from the next UTC day on (whole days strictly before the impression's day);
@@ -22,25 +23,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_store.schema import COUNT_WINDOWS_DAYS, TIMESTAMP, count_feature_names, embedding_matrix, validate
+from feature_store.schema import (
+    COUNT_WINDOWS_DAYS, TIMESTAMP, count_feature_names, embedding_array, embedding_matrix, validate,
+)
 
 DAY_US = 86_400 * 1_000_000
 
 
-def _us(column) -> np.ndarray:
+def _epoch_us(column) -> np.ndarray:
     """int64 microseconds since the epoch of a timestamp[us, UTC] column."""
     return column.cast(pa.int64()).to_numpy()
 
 
-def _ts(us: np.ndarray) -> pa.Array:
+def _timestamps(us: np.ndarray) -> pa.Array:
+    """int64 microseconds since the epoch -> a timestamp[us, UTC] array."""
     return pa.array(us.astype(np.int64), pa.int64()).cast(TIMESTAMP)
-
-
-def _embedding_array(values: np.ndarray) -> pa.Array:
-    """[N, D] float32 -> list<float32> (the bytes are copied unchanged)."""
-    n, d = values.shape
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)), flat)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,7 +69,7 @@ def product_rating_features(impressions: pa.Table) -> pa.Table:
     order = pc.sort_indices(impressions, [("product_id", "ascending"), ("ts", "ascending"),
                                           ("impression_id", "ascending")])
     t = impressions.select(["product_id", "ts", "rating", "rating_count"]).take(order)
-    pid, ts = t.column("product_id").to_numpy(), _us(t.column("ts"))
+    pid, ts = t.column("product_id").to_numpy(), _epoch_us(t.column("ts"))
     rating = t.column("rating").to_numpy()
     count = t.column("rating_count").to_numpy()
     keep = np.ones(len(pid), bool)
@@ -80,7 +77,7 @@ def product_rating_features(impressions: pa.Table) -> pa.Table:
     idx = np.flatnonzero(keep)
     # two values first shown at one instant: the later impression's row wins (one row per key and time)
     sel = _last_per_key_time(pid[idx], ts[idx], idx)
-    table = pa.table({"product_id": pa.array(pid[sel]), "event_ts": _ts(ts[sel] + 1),
+    table = pa.table({"product_id": pa.array(pid[sel]), "event_ts": _timestamps(ts[sel] + 1),
                       "rating": pa.array(rating[sel]), "rating_count": pa.array(count[sel])})
     return validate("product_rating_features", table)
 
@@ -110,7 +107,7 @@ def count_features(entity: str, impressions: pa.Table, windows: tuple[int, ...] 
     key = f"{entity}_id"
     names = count_feature_names(entity)
     ids = impressions.column(key).to_numpy()
-    day = _us(impressions.column("ts")) // DAY_US
+    day = _epoch_us(impressions.column("ts")) // DAY_US
     click = impressions.column("click").to_numpy().astype(np.int64)
     empty = validate(f"{entity}_count_features", pa.table(
         {key: pa.array([], pa.int64()), "event_ts": pa.array([], TIMESTAMP),
@@ -141,7 +138,7 @@ def count_features(entity: str, impressions: pa.Table, windows: tuple[int, ...] 
     ids_out = np.concatenate([o[0] for o in out])
     us_out = np.concatenate([o[1] for o in out])
     vals = np.concatenate([o[2] for o in out])
-    table = pa.table({key: pa.array(ids_out, pa.int64()), "event_ts": _ts(us_out),
+    table = pa.table({key: pa.array(ids_out, pa.int64()), "event_ts": _timestamps(us_out),
                       **{n: pa.array(vals[:, i]) for i, n in enumerate(names)}})
     return validate(f"{entity}_count_features", table)
 
@@ -169,11 +166,11 @@ def user_history_features(purchases: pa.Table, product_embeddings: pa.Table, emb
     order = np.argsort(vec_ids, kind="stable")
     vec_ids = vec_ids[order]
     vectors = embedding_matrix(product_embeddings.column("embedding"), dim)[order].astype(np.float64)
-    vec_from = _us(product_embeddings.column("event_ts"))[order]
+    vec_from = _epoch_us(product_embeddings.column("event_ts"))[order]
 
     user = purchases.column("user_id").to_numpy()
     pid = purchases.column("product_id").to_numpy()
-    p_us = _us(purchases.column("ts"))
+    p_us = _epoch_us(purchases.column("ts"))
     pos = np.searchsorted(vec_ids, pid)
     pos_ok = np.minimum(pos, max(len(vec_ids) - 1, 0))
     has_vec = (pos < len(vec_ids)) & (vec_ids[pos_ok] == pid) if len(vec_ids) else np.zeros(len(pid), bool)
@@ -212,6 +209,6 @@ def user_history_features(purchases: pa.Table, product_embeddings: pa.Table, emb
         out = slot[a:b][keep]
         means[out] = np.where(cnt[keep, None] > 0, sums[keep] / np.maximum(cnt[keep], 1)[:, None], 0.0)
         counts[out] = cnt[keep]
-    table = pa.table({"user_id": pa.array(ev_user[rows], pa.int64()), "event_ts": _ts(ev_time[rows]),
-                      "history_embedding": _embedding_array(means), "history_count": pa.array(counts)})
+    table = pa.table({"user_id": pa.array(ev_user[rows], pa.int64()), "event_ts": _timestamps(ev_time[rows]),
+                      "history_embedding": embedding_array(means), "history_count": pa.array(counts)})
     return validate("user_history_features", table, embedding_dim=dim)

@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.derive import DAY_US
-from feature_store.schema import embedding_matrix
-from feature_store.schema import COUNT_ENTITIES, TABLES, count_feature_names
+from feature_store.schema import COUNT_ENTITIES, TABLES, count_feature_names, embedding_array, embedding_matrix
 
 ID_COLUMNS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id", "campaign_id",
               "advertiser_id")
@@ -70,7 +69,8 @@ def feature_groups() -> dict[str, list[str]]:
     }
 
 
-def _column(values, n: int) -> pa.Array:
+def _as_array(values) -> pa.Array:
+    """A column given as a ChunkedArray, an Array or a sequence, as one pa.Array."""
     if isinstance(values, pa.ChunkedArray):
         return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
     if isinstance(values, pa.Array):
@@ -80,19 +80,18 @@ def _column(values, n: int) -> pa.Array:
 
 def fill_embedding(values, n: int, dim: int) -> pa.Array:
     """list<float32> with nulls -> list<float32> of `dim` per row, zeros for nulls (values copied bit for bit)."""
-    col = _column(values, n)
+    col = _as_array(values)
     out = np.zeros((n, dim), np.float32)
     valid = col.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     if valid.any():
         out[valid] = embedding_matrix(col.filter(pa.array(valid)), dim)
-    flat = pa.array(out.reshape(-1))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32)), flat)
+    return embedding_array(out)
 
 
 def product_age_days(ts, created_us) -> pa.Array:
     """(ts - created) in days as float32, 0 where the product is unknown; never negative."""
-    ts_us = _column(ts, 0).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    created = _column(created_us, len(ts_us)).cast(pa.int64())
+    ts_us = _as_array(ts).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    created = _as_array(created_us).cast(pa.int64())
     known = created.is_valid().to_numpy(zero_copy_only=False)
     created = created.fill_null(0).to_numpy(zero_copy_only=False)
     age = np.where(known, np.maximum(ts_us - created, 0) / DAY_US, 0.0)
@@ -113,8 +112,8 @@ def assemble(request: dict, store: dict, dim: int, columns=TRAINING_COLUMNS) -> 
         elif name in EMBEDDINGS:
             out[name] = fill_embedding(store[name], n, dim)
         elif name in STORE_FEATURES:
-            out[name] = pc.fill_null(_column(store[name], n).cast(dtype), pa.scalar(DEFAULTS[name], dtype))
+            out[name] = pc.fill_null(_as_array(store[name]).cast(dtype), pa.scalar(DEFAULTS[name], dtype))
         else:
-            out[name] = _column(request[name], n).cast(dtype)
+            out[name] = _as_array(request[name]).cast(dtype)
     return pa.table(out, schema=pa.schema([pa.field(c, schema.column(c).dtype) for c in columns]))
 

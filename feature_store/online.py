@@ -27,7 +27,7 @@ from feature_store.config import FeatureStoreConfig
 from feature_store.features import (
     CONTEXT, EMBEDDINGS, ENTITY_KEYS, ONLINE_COLUMNS, STORE_FEATURES, STORE_TYPES, assemble,
 )
-from feature_store.schema import TIMESTAMP, SchemaError
+from feature_store.schema import TIMESTAMP, SchemaError, embedding_array
 from feature_store.store import FeatureRepo, check_entity_rows
 
 REQUEST = "online request"
@@ -60,15 +60,16 @@ class OnlineFeatures:
         ts = _timestamp(context["ts"])
         rows = check_entity_rows(pa.table({
             "ts": pa.array([ts.value] * n, pa.int64()).cast(TIMESTAMP),
-            "user_id": _ids([user_id] * n, "user_id"), "query_id": _ids([query_id] * n, "query_id"),
-            "product_id": _ids(product_ids, "product_id"), "ad_id": _ids(_per_candidate(ad_ids, n, "ad_id"), "ad_id"),
+            "user_id": _id_array([user_id] * n, "user_id"), "query_id": _id_array([query_id] * n, "query_id"),
+            "product_id": _id_array(product_ids, "product_id"),
+            "ad_id": _id_array(_per_candidate(ad_ids, n, "ad_id"), "ad_id"),
         }), REQUEST)
         if n:
             response = self.store.get_online_features(
                 features=self.feature_refs, entity_rows={k: rows.column(k).to_pylist() for k in ENTITY_KEYS},
             ).proto
             results = dict(zip(response.metadata.feature_names.val, response.results))
-            store = {f: self._column(f, results[f].values, n) for f in STORE_FEATURES}
+            store = {f: self._store_column(f, results[f].values, n) for f in STORE_FEATURES}
         else:  # no candidates: empty columns, no store call
             store = {f: pa.nulls(0, self._types[f]) for f in STORE_FEATURES}
         request = {"ts": rows.column("ts")}
@@ -86,7 +87,7 @@ class OnlineFeatures:
                 out[name] = col.to_numpy(zero_copy_only=False)
         return out
 
-    def _column(self, name: str, values, n: int) -> pa.Array:
+    def _store_column(self, name: str, values, n: int) -> pa.Array:
         """Feast value protos -> an arrow column with nulls where the store has nothing (read directly, which
         is several times faster than OnlineResponse.to_dict for embeddings; float32 values stay bit-exact)."""
         dtype = self._types[name]
@@ -96,17 +97,16 @@ class OnlineFeatures:
             out = np.zeros((n, dim), np.float32)
             valid = np.array([k is not None for k in kinds], bool)
             for i in np.flatnonzero(valid):
-                vector = _floats(values[i].float_list_val)
+                vector = _float_list_values(values[i].float_list_val)
                 if len(vector) != dim:
                     raise SchemaError(REQUEST, name, f"online store holds a vector of length {len(vector)}, "
                                                      f"the registered embedding_dim is {dim}: materialize again")
                 out[i] = vector
-            offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-            return pa.ListArray.from_arrays(offsets, pa.array(out.reshape(-1)), mask=pa.array(~valid))
+            return embedding_array(out, null_rows=~valid)
         return pa.array([None if k is None else getattr(v, k) for v, k in zip(values, kinds)], dtype)
 
 
-def _floats(float_list) -> np.ndarray:
+def _float_list_values(float_list) -> np.ndarray:
     """A FloatList proto's values as float32, read from its packed wire bytes (field 1: tag 0x0A, a varint
     length, then little-endian float32s), which is bit-exact and avoids a Python float per component."""
     raw = float_list.SerializeToString()
@@ -146,7 +146,7 @@ def _per_candidate(value, n: int, name: str) -> list:
     return [value] * n
 
 
-def _ids(values: list, name: str) -> pa.Array:
+def _id_array(values: list, name: str) -> pa.Array:
     if any(v is None for v in values):
         rows = [i for i, v in enumerate(values) if v is None][:5]
         raise SchemaError(REQUEST, name, f"{sum(v is None for v in values)} null key values (rows {rows})")

@@ -105,7 +105,7 @@ def check_entity_rows(rows, where: str = "entity rows") -> pa.Table:
     return pa.table(columns)
 
 
-def _us(t: datetime) -> int:
+def _epoch_us(t: datetime) -> int:
     """Microseconds since the epoch, exactly (no float seconds on the way)."""
     return (t - EPOCH) // timedelta(microseconds=1)
 
@@ -155,7 +155,7 @@ class FeatureRepo:
                 raise FileNotFoundError(f"no feature store at {self.layout.features}: run "
                                         f"`python -m feature_store build --data {self.layout.data} "
                                         f"--embeddings {self.version}` first")
-            from feast import FeatureStore
+            from feast import FeatureStore  # Feast loads here, when a store is used, not on import
 
             self._store = FeatureStore(repo_path=str(self.layout.repo))
         return self._store
@@ -164,7 +164,7 @@ class FeatureRepo:
         """The embedding_dim this version is registered with in the Feast registry (None if not registered)."""
         if not self.layout.registry.exists() or not (self.layout.repo / "feature_store.yaml").exists():
             return None
-        from feast.errors import FeatureViewNotFoundException
+        from feast.errors import FeatureViewNotFoundException  # Feast only once a registry exists
 
         try:
             fv = self.store.get_feature_view(self.views["product_embedding_features"])
@@ -344,7 +344,7 @@ class FeatureRepo:
         dim = self.embedding_dim()
         table_rows = self.check_tables(dim)
         splits = self.splits()
-        bounds_us = {s: (_us(a), _us(b)) for s, (a, b) in splits.items()}
+        bounds_us = {s: (_epoch_us(a), _epoch_us(b)) for s, (a, b) in splits.items()}
         target = self.layout.training_sets(self.version)
         parts = {s: 0 for s in splits}
         rows = {s: 0 for s in splits}

@@ -68,11 +68,12 @@ def _source(params: dict, table: str, version: str | None):
     path = str(table_path(params["offline_dir"], table, version))
     kind = params.get("offline_store", "duckdb")
     if kind == "spark":  # the same parquet files, read by Spark (they must be on a path the cluster sees)
+        # only with this offline store: it needs the feast[spark] extra (pyspark), which the default does not
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
         return SparkSource(name=name, path=path, file_format="parquet", timestamp_field="event_ts")
     if kind == "bigquery":  # tables loaded into a dataset (bq load), one per feature table
-        from feast import BigQuerySource
+        from feast import BigQuerySource  # only with this offline store (the feast[gcp] extra)
 
         return BigQuerySource(name=name, table=f"{params['bigquery_dataset']}.{name}", timestamp_field="event_ts")
     return FileSource(name=name, path=path, timestamp_field="event_ts")

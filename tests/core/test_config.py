@@ -16,7 +16,7 @@ from core.config import ConfigError, add_config_args, config_from_args, config_t
 
 
 @dataclass(frozen=True)
-class Model:
+class ModelConfig:
     lr: float = 0.01
     depth: int = 2
     kind: Literal["dcn", "mlp"] = "dcn"
@@ -25,11 +25,11 @@ class Model:
 
     def validate(self) -> None:
         if self.depth < 1:
-            raise ConfigError(f"Model: 'depth' must be at least 1, got {self.depth}")
+            raise ConfigError(f"ModelConfig: 'depth' must be at least 1, got {self.depth}")
 
 
 @dataclass(frozen=True)
-class Train:
+class TrainConfig:
     name: str = "run"
     seed: int = 7
     shuffle: bool = True
@@ -38,85 +38,86 @@ class Train:
     weights: dict[str, float] = field(default_factory=dict)
     note: str | None = None
     out_dir: Path = Path("runs")
-    model: Model = Model()
-    head: Optional[Model] = None
-    tower: Model = field(default_factory=lambda: Model(kind="mlp"))
+    model: ModelConfig = ModelConfig()
+    head: Optional[ModelConfig] = None
+    tower: ModelConfig = field(default_factory=lambda: ModelConfig(kind="mlp"))
 
     def validate(self) -> None:
         if abs(sum(self.slot_mix) - 1) > 1e-6:
-            raise ConfigError(f"Train: 'slot_mix' must sum to 1, got {self.slot_mix}")
+            raise ConfigError(f"TrainConfig: 'slot_mix' must sum to 1, got {self.slot_mix}")
 
 
 @dataclass(frozen=True)
-class Required:
+class RequiredFieldConfig:
     data_dir: str
     epochs: int = 1
 
 
 @dataclass(frozen=True)
-class Job:
-    req: Required  # no default: its own required field must be set
+class JobConfig:
+    req: RequiredFieldConfig  # no default: its own required field must be set
 
 
 @dataclass(frozen=True)
-class Pipeline:
-    job: Job
+class PipelineConfig:
+    job: JobConfig
     name: str = "p"
 
 
-def _yaml(tmp_path, text, name="c.yaml"):
+def _write_yaml(tmp_path, text, name="c.yaml"):
     path = tmp_path / name
     path.write_text(text)
     return path
 
 
 def test_defaults_only():
-    cfg = load_config(Train)
-    assert cfg == Train()
-    assert cfg.model == Model() and cfg.head is None
+    cfg = load_config(TrainConfig)
+    assert cfg == TrainConfig()
+    assert cfg.model == ModelConfig() and cfg.head is None
 
 
 def test_yaml_overrides_nested_and_top_level(tmp_path):
-    path = _yaml(tmp_path, "name: a\nslot_mix: [0.2, 0.8]\ntags: [x, y]\nweights: {a: 1}\nmodel:\n  depth: 5\n")
-    cfg = load_config(Train, path)
+    path = _write_yaml(tmp_path, "name: a\nslot_mix: [0.2, 0.8]\ntags: [x, y]\nweights: {a: 1}\nmodel:\n  depth: 5\n")
+    cfg = load_config(TrainConfig, path)
     assert cfg.name == "a" and cfg.slot_mix == (0.2, 0.8)
     assert cfg.tags == ("x", "y")  # lists are stored as tuples in the frozen config
     assert cfg.weights == {"a": 1.0} and isinstance(cfg.weights["a"], float)
-    assert cfg.model == Model(depth=5)  # the other nested fields keep their defaults
+    assert cfg.model == ModelConfig(depth=5)  # the other nested fields keep their defaults
     assert cfg.seed == 7
 
 
 def test_cli_overrides_beat_yaml(tmp_path):
-    path = _yaml(tmp_path, "seed: 1\nmodel: {lr: 0.5, depth: 3}\n")
+    path = _write_yaml(tmp_path, "seed: 1\nmodel: {lr: 0.5, depth: 3}\n")
     parser = argparse.ArgumentParser()
     add_config_args(parser)
     args = parser.parse_args(["--config", str(path), "seed=2", "model.lr=1e-3", "name=foo", "tags=[a,b]"])
-    cfg = config_from_args(Train, args)
+    cfg = config_from_args(TrainConfig, args)
     assert cfg.seed == 2 and cfg.name == "foo" and cfg.tags == ("a", "b")
     assert cfg.model.lr == 0.001 and cfg.model.depth == 3  # YAML's depth survives an override of lr
-    assert load_config(Train, path, ["model={depth: 4}"]).model == Model(lr=0.5, depth=4)
+    assert load_config(TrainConfig, path, ["model={depth: 4}"]).model == ModelConfig(lr=0.5, depth=4)
 
 
 def test_nested_optional_dataclass_from_override():
-    assert load_config(Train, None, ["head.depth=9"]).head == Model(depth=9)
-    assert load_config(Train, None, ["head.depth=9", "head=null"]).head is None
+    assert load_config(TrainConfig, None, ["head.depth=9"]).head == ModelConfig(depth=9)
+    assert load_config(TrainConfig, None, ["head.depth=9", "head=null"]).head is None
 
 
 def test_unknown_top_level_key_suggests_close_match(tmp_path):
-    path = _yaml(tmp_path, "seeed: 3\n")
+    path = _write_yaml(tmp_path, "seeed: 3\n")
     with pytest.raises(ConfigError) as e:
-        load_config(Train, path)
-    assert str(path) in str(e.value) and "unknown key 'seeed' for Train" in str(e.value)
+        load_config(TrainConfig, path)
+    assert str(path) in str(e.value) and "unknown key 'seeed' for TrainConfig" in str(e.value)
     assert "did you mean 'seed'?" in str(e.value)
 
 
 def test_unknown_nested_key_names_dotted_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'model\.deph' for Model \(did you mean 'model\.depth'\?\)"):
-        load_config(Train, _yaml(tmp_path, "model:\n  deph: 3\n"))
+    with pytest.raises(ConfigError,
+                       match=r"unknown key 'model\.deph' for ModelConfig \(did you mean 'model\.depth'\?\)"):
+        load_config(TrainConfig, _write_yaml(tmp_path, "model:\n  deph: 3\n"))
     with pytest.raises(ConfigError, match=r"override 'model\.deph=3': unknown key 'model\.deph'"):
-        load_config(Train, None, ["model.deph=3"])
+        load_config(TrainConfig, None, ["model.deph=3"])
     with pytest.raises(ConfigError, match=r"'seed' is not a nested config"):
-        load_config(Train, None, ["seed.x=3"])
+        load_config(TrainConfig, None, ["seed.x=3"])
 
 
 @pytest.mark.parametrize("override, key, expected", [
@@ -131,89 +132,90 @@ def test_unknown_nested_key_names_dotted_key(tmp_path):
     ("weights={a: x}", "weights.a", "float"),
     ("model.kind=gbdt", "model.kind", "one of 'dcn', 'mlp'"),
     ("model.heads=true", "model.heads", "one of 1, 2, 4"),
-    ("model=3", "model", "a mapping of Model fields"),
+    ("model=3", "model", "a mapping of ModelConfig fields"),
 ])
 def test_wrong_type_names_the_key(override, key, expected):
     with pytest.raises(ConfigError, match=re.escape(f"override '{override}': key '{key}': expected {expected}, got")):
-        load_config(Train, None, [override])
+        load_config(TrainConfig, None, [override])
 
 
 def test_wrong_type_in_yaml_names_file_and_key(tmp_path):
-    path = _yaml(tmp_path, "model:\n  lr: abc\n")
+    path = _write_yaml(tmp_path, "model:\n  lr: abc\n")
     with pytest.raises(ConfigError) as e:
-        load_config(Train, path)
+        load_config(TrainConfig, path)
     assert str(e.value) == f"{path}: key 'model.lr': expected float, got 'abc'"
 
 
 def test_int_accepted_for_float_and_bool_rejected_for_int():
-    cfg = load_config(Train, None, ["model.lr=1"])
+    cfg = load_config(TrainConfig, None, ["model.lr=1"])
     assert cfg.model.lr == 1.0 and type(cfg.model.lr) is float
     with pytest.raises(ConfigError, match="key 'seed': expected int, got True"):
-        load_config(Train, None, ["seed=true"])
+        load_config(TrainConfig, None, ["seed=true"])
     with pytest.raises(ConfigError, match="key 'model.lr': expected float, got False"):
-        load_config(Train, None, ["model.lr=false"])
+        load_config(TrainConfig, None, ["model.lr=false"])
 
 
 def test_yaml_reads_exponent_floats_and_keeps_dates_as_strings(tmp_path):
-    cfg = load_config(Train, _yaml(tmp_path, "note: 2026-01-05\nmodel: {lr: 1e-3}\nslot_mix: [5.0e-1, 5e-1]\n"))
+    path = _write_yaml(tmp_path, "note: 2026-01-05\nmodel: {lr: 1e-3}\nslot_mix: [5.0e-1, 5e-1]\n")
+    cfg = load_config(TrainConfig, path)
     assert cfg.note == "2026-01-05" and cfg.model.lr == 0.001 and cfg.slot_mix == (0.5, 0.5)
 
 
 def test_null_for_optional_only():
-    cfg = load_config(Train, None, ["model.dropout=null", "note=~"])
+    cfg = load_config(TrainConfig, None, ["model.dropout=null", "note=~"])
     assert cfg.model.dropout is None and cfg.note is None
-    assert load_config(Train, None, ["note=hi"]).note == "hi"
+    assert load_config(TrainConfig, None, ["note=hi"]).note == "hi"
     with pytest.raises(ConfigError, match="key 'seed': expected int, got None"):
-        load_config(Train, None, ["seed=null"])
+        load_config(TrainConfig, None, ["seed=null"])
 
 
 def test_override_of_nested_field_keeps_the_fields_default_instance():
-    assert Train().tower.kind == "mlp"
-    assert load_config(Train, None, ["tower.lr=0.5"]).tower == Model(kind="mlp", lr=0.5)
+    assert TrainConfig().tower.kind == "mlp"
+    assert load_config(TrainConfig, None, ["tower.lr=0.5"]).tower == ModelConfig(kind="mlp", lr=0.5)
 
 
 def test_validate_hook_runs_after_overrides():
     with pytest.raises(ConfigError, match="'slot_mix' must sum to 1"):
-        load_config(Train, None, ["slot_mix=[0.5, 0.6]"])
-    assert load_config(Train, None, ["slot_mix=[0.4, 0.6]"]).slot_mix == (0.4, 0.6)
+        load_config(TrainConfig, None, ["slot_mix=[0.5, 0.6]"])
+    assert load_config(TrainConfig, None, ["slot_mix=[0.4, 0.6]"]).slot_mix == (0.4, 0.6)
     with pytest.raises(ConfigError, match="'depth' must be at least 1"):  # nested configs validate too
-        load_config(Train, None, ["model.depth=0"])
+        load_config(TrainConfig, None, ["model.depth=0"])
 
 
 def test_missing_required_field(tmp_path):
     with pytest.raises(ConfigError, match="missing required key.*'data_dir'"):
-        load_config(Required)
+        load_config(RequiredFieldConfig)
     with pytest.raises(ConfigError, match="missing required key.*'data_dir'"):
-        load_config(Required, _yaml(tmp_path, "epochs: 3\n"))
-    assert load_config(Required, None, ["data_dir=/d"]) == Required(data_dir="/d")
+        load_config(RequiredFieldConfig, _write_yaml(tmp_path, "epochs: 3\n"))
+    assert load_config(RequiredFieldConfig, None, ["data_dir=/d"]) == RequiredFieldConfig(data_dir="/d")
     with pytest.raises(ConfigError, match="missing required key.*'job.req.data_dir'"):
-        load_config(Pipeline)
+        load_config(PipelineConfig)
     with pytest.raises(ConfigError, match="missing required key.*'job.req.data_dir'"):
-        load_config(Pipeline, None, ["job.req.epochs=2"])
-    assert load_config(Pipeline, None, ["job.req.data_dir=/d"]).job == Job(Required("/d"))
+        load_config(PipelineConfig, None, ["job.req.epochs=2"])
+    assert load_config(PipelineConfig, None, ["job.req.data_dir=/d"]).job == JobConfig(RequiredFieldConfig("/d"))
 
 
 def test_non_mapping_yaml_and_missing_file(tmp_path):
-    path = _yaml(tmp_path, "- a\n- b\n")
+    path = _write_yaml(tmp_path, "- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping") as e:
-        load_config(Train, path)
+        load_config(TrainConfig, path)
     assert str(path) in str(e.value)
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match="not found") as e:
-        load_config(Train, missing)
+        load_config(TrainConfig, missing)
     assert str(missing) in str(e.value)
-    assert load_config(Train, _yaml(tmp_path, "# only comments\n", "empty.yaml")) == Train()
+    assert load_config(TrainConfig, _write_yaml(tmp_path, "# only comments\n", "empty.yaml")) == TrainConfig()
 
 
 def test_malformed_override():
     with pytest.raises(ConfigError, match="override 'seed': expected dotted.key=value"):
-        load_config(Train, None, ["seed"])
+        load_config(TrainConfig, None, ["seed"])
     with pytest.raises(ConfigError, match=r"override 'tags=\[a': invalid YAML"):
-        load_config(Train, None, ["tags=[a"])
+        load_config(TrainConfig, None, ["tags=[a"])
 
 
 def test_round_trip_through_dump_config(tmp_path):
-    cfg = load_config(Train, None, [
+    cfg = load_config(TrainConfig, None, [
         "name='1e-3'", "note='2026-01-05'", "tags=[a, 'yes']", "weights={a: 2, b: 1.0e-20}",
         "slot_mix=[0.25, 0.75]", "model.kind=mlp", "model.dropout=null", "head={lr: 3}",
         "out_dir=/tmp/x",
@@ -222,7 +224,7 @@ def test_round_trip_through_dump_config(tmp_path):
     assert cfg.name == "1e-3" and cfg.note == "2026-01-05" and cfg.tags == ("a", "yes")
     path = tmp_path / "out" / "cfg.yaml"
     dump_config(cfg, path)
-    assert load_config(Train, path) == cfg
+    assert load_config(TrainConfig, path) == cfg
     plain = config_to_dict(cfg)
     assert plain["slot_mix"] == [0.25, 0.75] and plain["model"]["kind"] == "mlp" and plain["head"]["lr"] == 3.0
     assert plain["out_dir"] == "/tmp/x"
@@ -230,7 +232,7 @@ def test_round_trip_through_dump_config(tmp_path):
 
 
 def test_config_is_frozen():
-    cfg = load_config(Train)
+    cfg = load_config(TrainConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):

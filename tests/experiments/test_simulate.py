@@ -1,17 +1,19 @@
-"""The simulator's mechanics on the tiny world: contracts, referential integrity, determinism, atomic writes, CLI."""
+"""experiments.simulate on the tiny world: contracts, referential integrity, determinism, atomic writes, the CLI,
+and the retrieval of fresh products."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from experiments import simulate as sim
 from core.config import ConfigError, load_config
-from experiments.world import WorldConfig, build_space, build_world, true_labels
+from experiments import simulate
+from experiments.world import DAY_US, WorldConfig
 from feature_store.schema import TABLES, read_table
 from tests.conftest import WORLD_CONFIGS
 
@@ -22,15 +24,15 @@ def _tiny_cfg(**overrides) -> WorldConfig:
     return load_config(WorldConfig, TINY, [f"{k}={v}" for k, v in overrides.items()])
 
 
-def _digest(folder: Path) -> dict[str, str]:
+def _file_digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_every_table_follows_its_contract(tiny_world):
-    for table in sim.RAW_TABLES:
+    for table in simulate.RAW_TABLES:
         assert read_table(table, tiny_world / "raw" / table).num_rows > 0
-    for table in sim.HIDDEN_TABLES:
+    for table in simulate.HIDDEN_TABLES:
         assert TABLES[table].hidden
         assert read_table(table, tiny_world / "hidden" / table).num_rows > 0
     meta = json.loads((tiny_world / "world.json").read_text())
@@ -40,7 +42,8 @@ def test_every_table_follows_its_contract(tiny_world):
 
 def test_ids_refer_to_existing_rows(tiny_world):
     raw = lambda t: read_table(t, tiny_world / "raw" / t).to_pandas()  # noqa: E731
-    products, queries, imp, rel, purchases = (raw(t) for t in ("products", "queries", "impressions", "relevance", "purchases"))
+    products, queries, imp, rel, purchases = (
+        raw(t) for t in ("products", "queries", "impressions", "relevance", "purchases"))
     assert imp.product_id.isin(products.product_id).all() and imp.query_id.isin(queries.query_id).all()
     assert rel.product_id.isin(products.product_id).all() and rel.query_id.isin(queries.query_id).all()
     created = products.set_index("product_id").created_ts
@@ -54,44 +57,44 @@ def test_ids_refer_to_existing_rows(tiny_world):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     cfg = _tiny_cfg()
-    sim.simulate(cfg, tmp_path / "a", progress=False)
-    sim.simulate(cfg, tmp_path / "b", progress=False)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    sim.simulate(_tiny_cfg(seed=8), tmp_path / "c", progress=False)
-    assert _digest(tmp_path / "a")["raw/impressions/part-00000.parquet"] != \
-        _digest(tmp_path / "c")["raw/impressions/part-00000.parquet"]
+    simulate.simulate(cfg, tmp_path / "a", progress=False)
+    simulate.simulate(cfg, tmp_path / "b", progress=False)
+    assert _file_digests(tmp_path / "a") == _file_digests(tmp_path / "b")
+    simulate.simulate(_tiny_cfg(seed=8), tmp_path / "c", progress=False)
+    assert _file_digests(tmp_path / "a")["raw/impressions/part-00000.parquet"] != \
+        _file_digests(tmp_path / "c")["raw/impressions/part-00000.parquet"]
 
 
 def test_a_failed_run_leaves_no_folder_and_keeps_the_old_one(tmp_path, monkeypatch):
     cfg = _tiny_cfg()
     out = tmp_path / "world"
-    sim.simulate(cfg, out, progress=False)
-    before = _digest(out)
+    simulate.simulate(cfg, out, progress=False)
+    before = _file_digests(out)
 
     def boom(world, day, *args):
         if day == 2:
             raise RuntimeError("killed mid-run")
-        return real(world, day, *args)
+        return real_simulate_day(world, day, *args)
 
-    real = sim.simulate_day
-    monkeypatch.setattr(sim, "simulate_day", boom)
+    real_simulate_day = simulate.simulate_day
+    monkeypatch.setattr(simulate, "simulate_day", boom)
     with pytest.raises(RuntimeError, match="killed mid-run"):
-        sim.simulate(_tiny_cfg(seed=9), out, overwrite=True, progress=False)
-    assert _digest(out) == before  # the old world is untouched
+        simulate.simulate(_tiny_cfg(seed=9), out, overwrite=True, progress=False)
+    assert _file_digests(out) == before  # the old world is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no partial folder left behind
     with pytest.raises(RuntimeError):
-        sim.simulate(cfg, tmp_path / "fresh", progress=False)
+        simulate.simulate(cfg, tmp_path / "fresh", progress=False)
     assert not (tmp_path / "fresh").exists()
 
 
 def test_refuses_to_overwrite_without_flag(tiny_world):
     with pytest.raises(FileExistsError, match="--overwrite"):
-        sim.simulate(_tiny_cfg(), tiny_world, progress=False)
+        simulate.simulate(_tiny_cfg(), tiny_world, progress=False)
 
 
 def test_main_prints_the_summary(tmp_path, capsys):
     out = tmp_path / "w"
-    assert sim.main(["--config", str(TINY), "--out", str(out), "--no-progress", "requests_per_day=100"]) == 0
+    assert simulate.main(["--config", str(TINY), "--out", str(out), "--no-progress", "requests_per_day=100"]) == 0
     printed = capsys.readouterr().out
     assert "oracle AUC" in printed and "label noise" in printed and "CTR" in printed
     meta = json.loads((out / "world.json").read_text())
@@ -100,61 +103,20 @@ def test_main_prints_the_summary(tmp_path, capsys):
 
 def test_unknown_or_mistyped_config_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="n_prodcts"):
-        sim.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "n_prodcts=10"])
+        simulate.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "n_prodcts=10"])
     with pytest.raises(ConfigError, match="requests_per_day"):
-        sim.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "requests_per_day=many"])
+        simulate.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "requests_per_day=many"])
     with pytest.raises(ConfigError, match="label_noise"):
-        sim.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "label_noise=0.9"])
+        simulate.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "label_noise=0.9"])
     assert not (tmp_path / "x").exists()
-
-
-def test_related_aisles_are_close_and_pet_care_stands_apart():
-    world = build_space(load_config(WorldConfig))
-    vec = dict(zip(world.aisle_names, world.aisle_vec))
-    cos = lambda a, b: float(vec[a] @ vec[b])  # noqa: E731
-    assert cos("beverages", "alcohol") > cos("beverages", "household") + 0.3
-    assert cos("coffee and tea", "alcohol") > cos("coffee and tea", "baby") + 0.3
-    assert max(cos("pet care", a) for a in world.aisle_names if a != "pet care") < cos("beverages", "alcohol")
-
-
-def test_true_labels_follow_the_definition():
-    world = build_world(_tiny_cfg())
-    q = world.q_text.index("apples")  # a head query of intent "type"
-    apples = world.type_names.index("apples")
-    same_type = np.flatnonzero(world.p_type == apples)
-    same_aisle_other_type = np.flatnonzero((world.p_aisle == world.type_aisle[apples]) & (world.p_type != apples))
-    other_dept = np.flatnonzero(world.p_aisle == world.aisle_names.index("pet care"))
-    for products, expected in ((same_type, 2), (same_aisle_other_type, 1), (other_dept, 0)):
-        labels = true_labels(world, np.full(len(products), q), products)
-        assert (labels == expected).all()
-
-
-def test_bench_config_reaches_ten_million_impressions():
-    cfg = load_config(WorldConfig, WORLD_CONFIGS / "bench.yaml")
-    # retrieval drops under 1% of slots (duplicates, products not yet created): keep a margin
-    assert cfg.n_days * cfg.requests_per_day * cfg.slots_per_request * 0.97 >= 10_000_000
 
 
 @pytest.mark.parametrize("boost", [2.0, 0.0, -0.7])
 def test_fresh_products_are_drawn_1_plus_boost_times_as_often(boost):
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from experiments.simulate import DAY_US, draw_products
-
     now = 100 * DAY_US
     world = SimpleNamespace(p_created_us=np.array([0, now - DAY_US]))  # product 0 is old, product 1 is fresh
     n = 200_000
-    drawn = draw_products(world, np.zeros(n, np.int64), np.full(n, 2), np.full(n, now), np.random.default_rng(0),
-                          fresh_boost=boost)
+    drawn = simulate.draw_products(world, np.zeros(n, np.int64), np.full(n, 2), np.full(n, now),
+                                   np.random.default_rng(0), fresh_boost=boost)
     assert (drawn >= 0).all()
     assert (drawn == 1).mean() == pytest.approx((1 + boost) / (2 + boost), abs=0.005)
-
-
-def test_fresh_boost_must_leave_fresh_products_a_chance():
-    from core.config import ConfigError
-    from experiments.world import WorldConfig
-
-    with pytest.raises(ConfigError, match="fresh_boost"):
-        WorldConfig(fresh_boost=-1.0).validate()

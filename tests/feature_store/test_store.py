@@ -1,10 +1,9 @@
-"""The feature store end to end on the tiny world with seeded stand-in embeddings: the CLI, point-in-time
-correctness against an independent naive-but-exact reference, leakage under mutation of the future,
-offline/online parity, and clear errors for bad input."""
+"""feature_store.store (FeatureRepo) on the tiny world with seeded stand-in embeddings: point-in-time correctness
+against an independent naive-but-exact reference, leakage under mutation of the future, and clear errors for bad
+input."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -15,85 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.config import ConfigError
-from feature_store.__main__ import main
 from feature_store.features import ONLINE_COLUMNS, TRAINING_COLUMNS
-from feature_store.schema import COUNT_ENTITIES, COUNT_WINDOWS_DAYS, SchemaError, read_table
-from feature_store.standin import write_standin_embeddings
-from tests.conftest import ROOT
+from feature_store.schema import COUNT_ENTITIES, COUNT_WINDOWS_DAYS, SchemaError
+from feature_store.store import FeatureRepo
+from tests.feature_store.store_world import DIM, VERSION, late_product, run, training_set
+from tests.helpers.embeddings import write_standin_embeddings
 
-CONFIG = str(ROOT / "experiments" / "configs" / "features" / "tiny.yaml")
-VERSION, DIM = "standin-v1", 16
 DAY = pd.Timedelta(days=1)
 LABELS = ["click", "conversion"]
 FEATURES = [c for c in TRAINING_COLUMNS if c not in LABELS]
-
-
-def run(command: str, data: Path, *overrides: str, version: str = VERSION) -> None:
-    assert main([command, "--data", str(data), "--embeddings", version, "--config", CONFIG, "progress=false",
-                 *overrides]) == 0
-
-
-def training_set(data: Path, version: str = VERSION) -> pd.DataFrame:
-    folder = data / "training_sets" / version
-    parts = [read_table("training_set", folder / s, embedding_dim=DIM).to_pandas() for s in ("train", "valid", "test")]
-    return pd.concat(parts, ignore_index=True).set_index("impression_id", drop=False).sort_index()
-
-
-def late_product(data: Path) -> tuple[int, pd.Timestamp]:
-    """The most shown product and the median time of its impressions: its vector will arrive then."""
-    imp = pd.read_parquet(data / "raw" / "impressions", columns=["product_id", "ts"])
-    pid = int(imp.product_id.value_counts().index[0])
-    return pid, imp.ts[imp.product_id == pid].sort_values().iloc[len(imp[imp.product_id == pid]) // 2]
-
-
-def make_world(tiny_world: Path, into: Path) -> Path:
-    data = into / "tiny"
-    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns("hidden", "features", "training_sets"))
-    pid, arrives = late_product(data)
-    write_standin_embeddings(data, VERSION, DIM, seed=0, product_event_us={pid: arrives.value // 1000})
-    return data
-
-
-@pytest.fixture(scope="module")
-def built(tiny_world, tmp_path_factory) -> Path:
-    """The tiny world with stand-in embeddings, built and turned into training sets through the CLI."""
-    data = make_world(tiny_world, tmp_path_factory.mktemp("fs"))
-    run("build", data)
-    run("training-set", data)
-    return data
-
-
-@pytest.fixture(scope="module")
-def ts_frame(built) -> pd.DataFrame:
-    return training_set(built)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The CLI end to end
-
-
-def test_main_writes_training_sets_with_the_contract(built, ts_frame):
-    folder = built / "training_sets" / VERSION
-    meta = json.loads((folder / "metadata.json").read_text())
-    world = json.loads((built / "world.json").read_text())
-    assert meta["embedding_version"] == VERSION and meta["embedding_dim"] == DIM
-    assert meta["embedding_model"] == {"name": "random-standin", "seed": 0}
-    assert [c["name"] for c in meta["columns"]] == list(TRAINING_COLUMNS)
-    assert meta["splits"] == world["splits"]
-    assert meta["defaults"]["history_count"] == 0.0 and meta["count_windows_days"] == list(COUNT_WINDOWS_DAYS)
-    imp = pd.read_parquet(built / "raw" / "impressions", columns=["impression_id", "ts"])
-    for split, (start, end) in world["splits"].items():
-        n = int(((imp.ts >= pd.Timestamp(start)) & (imp.ts < pd.Timestamp(end))).sum())
-        assert meta["rows"][split] == n > 0
-        part = read_table("training_set", folder / split, embedding_dim=DIM)  # validates the contract
-        assert part.column_names == list(TRAINING_COLUMNS) and part.num_rows == n
-    assert len(ts_frame) == len(imp) and meta["rows_outside_splits"] == 0
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
-    repo = built / "features" / "repo"
-    assert sorted(p.name for p in repo.iterdir()) == ["definitions.py", "feature_store.yaml", "params.json"]
-    assert str((built / "features").resolve()) in (repo / "feature_store.yaml").read_text()  # absolute paths
-    assert (built / "features" / "registry.db").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,60 +139,6 @@ def test_changing_the_future_changes_no_feature_of_the_past(built, ts_frame, tmp
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Offline / online parity
-
-
-def request_context(rows: pd.DataFrame) -> dict:
-    return {"ts": rows.ts.iloc[0].to_pydatetime(), "device": rows.device.iloc[0],
-            "position": rows.position.to_numpy(), "discount": rows.discount.to_numpy(),
-            "store_distance_km": rows.store_distance_km.to_numpy()}
-
-
-def test_online_features_equal_training_features(built, ts_frame):
-    from feature_store.online import OnlineFeatures
-    from feature_store.store import FeatureRepo
-
-    world = json.loads((built / "world.json").read_text())
-    requests = []
-    for split in ("train", "valid", "test"):
-        start, end = (pd.Timestamp(x) for x in world["splits"][split])
-        in_split = ts_frame[(ts_frame.ts >= start + 0.5 * (end - start)) & (ts_frame.ts < end)]
-        requests.append(in_split.request_id.iloc[0])
-    repo = None
-    for i, request_id in enumerate(requests):
-        rows = ts_frame[ts_frame.request_id == request_id]
-        at = rows.ts.iloc[0]
-        if i == 0:
-            run("materialize", built, f"materialize_end={at.isoformat()}")
-            repo = FeatureRepo(built, VERSION)
-        else:
-            repo.materialize(at.to_pydatetime())
-        online = OnlineFeatures(built, VERSION)
-        got = online.get(int(rows.user_id.iloc[0]), int(rows.query_id.iloc[0]), rows.product_id.tolist(),
-                         request_context(rows), ad_ids=rows.ad_id.tolist())
-        assert list(got) == list(ONLINE_COLUMNS)
-        for name in ONLINE_COLUMNS:
-            want = rows[name].to_numpy()
-            if name.endswith("_embedding"):
-                want = np.stack(want)
-                assert got[name].dtype == np.float32 and got[name].shape == (len(rows), DIM)
-                assert np.array_equal(got[name].view(np.uint32), want.view(np.uint32)), name  # to the bit
-            else:
-                assert np.array_equal(got[name], want), (name, got[name], want)
-    # unknown entities get the training defaults, identical to the offline path for the same rows
-    at = ts_frame.ts.max()
-    ctx = {"ts": at.to_pydatetime(), "device": "app", "position": 1, "discount": 0.0, "store_distance_km": 1.0}
-    got = online.get(10**9, 10**9, [10**9, int(ts_frame.product_id.iloc[0])], ctx, ad_ids=[10**9, 10**9])
-    assert not got["product_embedding"][0].any() and not got["query_embedding"].any()
-    assert not got["history_embedding"].any() and got["history_count"].tolist() == [0, 0]
-    assert got["aisle"][0] == "" and got["store_id"][0] == 0 and got["price"][0] == 0
-    offline = repo.historical(pd.DataFrame({"ts": [at, at], "user_id": [10**9] * 2, "query_id": [10**9] * 2,
-                                            "product_id": [10**9, int(ts_frame.product_id.iloc[0])],
-                                            "ad_id": [10**9] * 2}))
-    assert offline.column("history_count").null_count == 2 and offline.column("aisle").null_count == 1
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Bad input: clear errors naming the table / column / key
 
 
@@ -314,10 +189,7 @@ def test_embedding_dimension_must_match_the_registered_one(built):
         meta.write_text(good)
 
 
-def test_null_keys_and_naive_timestamps_are_rejected(built):
-    from feature_store.online import OnlineFeatures
-    from feature_store.store import FeatureRepo
-
+def test_entity_rows_with_null_keys_or_naive_timestamps_are_rejected(built):
     repo = FeatureRepo(built, VERSION)
     at = pd.Timestamp("2026-01-07", tz="UTC")
     rows = pd.DataFrame({"ts": [at, at], "user_id": pd.array([1, None], "Int64"), "query_id": [1, 2],
@@ -328,13 +200,3 @@ def test_null_keys_and_naive_timestamps_are_rejected(built):
         repo.historical(rows.assign(ts=[at.tz_localize(None)] * 2, user_id=[1, 2]))
     with pytest.raises(SchemaError, match=r"'entity rows'.*column 'ad_id': missing column"):
         repo.historical(rows.drop(columns="ad_id"))
-    online = OnlineFeatures(built, VERSION)
-    ctx = {"ts": at.to_pydatetime(), "device": "app", "position": 1, "discount": 0.0, "store_distance_km": 1.0}
-    with pytest.raises(SchemaError, match=r"'online request'.*column 'product_id': 1 null key values"):
-        online.get(1, 2, [1, None], ctx, ad_ids=[1, 2])
-    with pytest.raises(SchemaError, match=r"'online request'.*column 'ts'.*no time zone"):
-        online.get(1, 2, [1, 2], {**ctx, "ts": dt.datetime(2026, 1, 7)}, ad_ids=[1, 2])
-    with pytest.raises(SchemaError, match=r"'online request'.*column 'ad_id'"):
-        online.get(1, 2, [1, 2], ctx)
-    with pytest.raises(ConfigError, match=r"'splits.train'.*no time zone"):
-        run("training-set", built, "splits={train: ['2026-01-05T00:00:00', '2026-01-06T00:00:00']}")

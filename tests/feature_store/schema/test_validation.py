@@ -1,96 +1,16 @@
-"""Table contracts: valid tables pass with canonical dtypes; each kind of bad input names table, column, problem."""
+"""feature_store.schema.validation: valid tables pass with canonical dtypes; each kind of bad input names table,
+column and problem; only lossless normalisations are applied."""
 
 import datetime as dt
-import io
 import pickle
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from feature_store.schema import (
-    EMBEDDING, TABLES, TIMESTAMP, SchemaError, read_table, validate, write_table,
-)
-
-
-def tiny_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (4, 4)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def valid_columns(table_name: str, n: int = 3) -> dict:
-    """Plain-Python columns of a small valid table (rows differ in every key)."""
-    ids = list(range(1, n + 1))
-    ts = [T0 + dt.timedelta(hours=i) for i in range(n)]
-    labels = [i % 3 for i in range(n)]
-    embedding = [[float(i), 0.5, -1.0, 2.0] for i in range(n)]
-    if table_name not in _HANDWRITTEN:
-        return _generic_columns(table_name, n)
-    return {
-        "products": dict(product_id=ids, title=[f"milk {i}" for i in ids], aisle=["dairy"] * n,
-                         brand=["acme"] * n, store_id=[7] * n, price=[1.5] * n, image=[tiny_png()] * n,
-                         created_ts=ts),
-        "queries": dict(query_id=ids, query_text=[f"query {i}" for i in ids]),
-        "relevance": dict(query_id=[1] * n, product_id=ids, label=labels, source=["llm"] * n),
-        "impressions": dict(impression_id=ids, request_id=ids, ts=ts, user_id=ids, query_id=ids,
-                            product_id=ids, ad_id=ids, campaign_id=ids, advertiser_id=ids,
-                            position=[1, 2, 3][:n] + [4] * (n - 3), device=["ios"] * n, price=[2.0] * n,
-                            discount=[0.0, 0.5, 1.0][:n] + [0.1] * (n - 3), rating=[4.5] * n,
-                            rating_count=[10] * n, store_distance_km=[0.3] * n, click=[i % 2 for i in ids],
-                            conversion=[0] * n),
-        "purchases": dict(user_id=[1] * n, product_id=[1] * n, ts=ts, quantity=[1] * n),
-        "impression_truth": dict(impression_id=ids, click_prob=[0.1] * n, true_label=labels),
-        "relevance_truth": dict(query_id=[1] * n, product_id=ids, true_label=labels),
-        "product_truth": dict(product_id=ids, type_id=ids, type_name=["milk"] * n, aisle_id=[1] * n,
-                              ambiguity=["none", "title", "image"][:n] + ["none"] * (n - 3)),
-        "query_truth": dict(query_id=ids, intent=["type", "brand_type", "aisle"][:n] + ["broad"] * (n - 3),
-                            target=["milk"] * n, weight=[1.0] * n, level=[0] * n),
-        "product_embeddings": dict(product_id=ids, embedding=embedding, model_version=["v1"] * n, event_ts=ts),
-        "query_embeddings": dict(query_id=ids, embedding=embedding, model_version=["v1"] * n, event_ts=ts),
-    }[table_name]
-
-
-_HANDWRITTEN = {"products", "queries", "relevance", "impressions", "purchases", "impression_truth",
-                "relevance_truth", "product_truth", "query_truth", "product_embeddings", "query_embeddings"}
-
-
-def _generic_columns(table_name: str, n: int) -> dict:
-    """Valid columns for the derived tables (feature-store tables, the training set), from their declarations."""
-    columns = {}
-    for i, col in enumerate(TABLES[table_name].columns):
-        t = col.dtype
-        if col.allowed is not None:
-            values = [sorted(col.allowed)[j % len(col.allowed)] for j in range(n)]
-        elif pa.types.is_timestamp(t):
-            values = [T0 + dt.timedelta(hours=j) for j in range(n)]
-        elif pa.types.is_integer(t):
-            values = [j + 1 for j in range(n)]
-        elif pa.types.is_floating(t):
-            values = [1.0] * n
-        elif pa.types.is_string(t):
-            values = ["x"] * n
-        else:  # embeddings
-            values = [[float(j), 0.5, -1.0, 2.0] for j in range(n)]
-        columns[col.name] = values
-    return columns
-
-
-def valid_table(table_name: str, n: int = 3, **overrides) -> pa.Table:
-    """A valid arrow table with the canonical schema; `overrides` replace columns (arrays or lists)."""
-    columns = valid_columns(table_name, n)
-    table = pa.table(columns, schema=TABLES[table_name].arrow_schema)
-    for name, values in overrides.items():
-        if not isinstance(values, (pa.Array, pa.ChunkedArray)):
-            values = pa.array(values, type=TABLES[table_name].column(name).dtype)
-        table = table.set_column(table.column_names.index(name), name, values)
-    return table
+from feature_store.schema import EMBEDDING, TABLES, TIMESTAMP, SchemaError, validate
+from tests.feature_store.schema.valid_tables import T0, tiny_png, valid_columns, valid_table
 
 
 def raises(table_name, data, column, match, **kwargs) -> SchemaError:
@@ -113,24 +33,6 @@ def test_valid_tables_pass_with_canonical_dtypes(table_name):
     assert out.schema == schema.arrow_schema
     assert out.num_rows == 3
     assert out.schema.metadata is None
-
-
-def test_declared_tables():
-    assert set(TABLES) == {
-        "products", "queries", "relevance", "impressions", "purchases", "impression_truth", "relevance_truth",
-        "product_truth", "query_truth", "product_embeddings", "query_embeddings",
-        # the feature store's tables and the training-set contract
-        "product_embedding_features", "query_embedding_features", "user_history_features",
-        "product_attribute_features", "product_rating_features", "product_count_features", "query_count_features",
-        "ad_count_features", "user_count_features", "training_set"}
-    assert TABLES["relevance"].keys == ("query_id", "product_id")
-    assert TABLES["purchases"].keys == ("user_id", "product_id", "ts")
-    assert {n for n, t in TABLES.items() if t.hidden} == {
-        "impression_truth", "relevance_truth", "product_truth", "query_truth"}
-    assert TABLES["products"].column("created_ts").dtype == TIMESTAMP
-    assert TABLES["query_embeddings"].column("embedding").dtype == EMBEDDING
-    with pytest.raises(KeyError, match="no column 'nope'"):
-        TABLES["products"].column("nope")
 
 
 def test_pandas_dataframe_is_accepted():
@@ -364,62 +266,15 @@ def test_extra_columns_are_kept_after_schema_columns():
     assert out.column("lang").to_pylist() == ["en", "de", "fr"]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reading and writing
+def test_record_batches_and_dictionary_strings_are_accepted():
+    table = valid_table("queries")
+    batch = table.to_batches()[0]
+    assert validate("queries", batch).equals(table)
+    encoded = table.set_column(1, "query_text", table.column("query_text").dictionary_encode())
+    out = validate("queries", encoded)
+    assert out.schema == TABLES["queries"].arrow_schema and out.equals(table)
 
 
-def test_write_read_round_trip_two_parts(tmp_path):
-    folder = tmp_path / "raw" / "impressions"
-    full = valid_table("impressions", n=6)
-    assert write_table("impressions", full.slice(0, 4), folder, part=0) == folder / "part-00000.parquet"
-    write_table("impressions", full.slice(4), folder, part=1)
-    assert sorted(p.name for p in folder.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
-    back = read_table("impressions", folder)
-    assert back.equals(full)
-    single = read_table("impressions", folder / "part-00001.parquet")
-    assert single.equals(full.slice(4))
-
-
-def test_read_selected_columns(tmp_path):
-    folder = tmp_path / "relevance"
-    write_table("relevance", valid_table("relevance"), folder)
-    out = read_table("relevance", folder, columns=["label"])
-    assert out.column_names == ["query_id", "product_id", "label"]
-    with pytest.raises(SchemaError, match="missing column") as info:
-        read_table("relevance", folder, columns=["label", "labeler"])
-    assert info.value.column == "labeler"
-    pq.write_table(valid_table("relevance").drop_columns(["source"]), tmp_path / "no_source.parquet")
-    assert read_table("relevance", tmp_path / "no_source.parquet", columns=["label"]).num_rows == 3
-    with pytest.raises(SchemaError, match="missing column") as info:
-        read_table("relevance", tmp_path / "no_source.parquet", columns=["source"])
-    assert info.value.column == "source"
-
-
-def test_read_validates_the_files(tmp_path):
-    folder = tmp_path / "relevance"
-    folder.mkdir()
-    pq.write_table(valid_table("relevance").set_column(2, "label", pa.array([0, 5, 1], pa.int8())),
-                   folder / "part-00000.parquet")
-    with pytest.raises(SchemaError, match=r"column 'label': 1 values outside") as info:
-        read_table("relevance", folder)
-    assert info.value.source == str(folder)
-
-
-def test_write_is_byte_deterministic(tmp_path):
-    table = valid_table("products", n=5)
-    a = write_table("products", table, tmp_path / "a").read_bytes()
-    b = write_table("products", table.to_pandas(), tmp_path / "b").read_bytes()
-    assert a == b
-    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp files left
-
-
-def test_write_rejects_invalid_data(tmp_path):
-    with pytest.raises(SchemaError, match="label"):
-        write_table("relevance", valid_table("relevance", label=[0, 1, 9]), tmp_path / "relevance")
-    assert not (tmp_path / "relevance" / "part-00000.parquet").exists()
-
-
-def test_read_missing_folder(tmp_path):
-    missing = tmp_path / "nowhere" / "products"
-    with pytest.raises(FileNotFoundError, match=r"products.*nowhere"):
-        read_table("products", missing)
+def test_anything_but_a_table_or_a_dataframe_is_a_type_error():
+    with pytest.raises(TypeError, match=r"table 'queries': expected a pyarrow Table or pandas DataFrame, got dict"):
+        validate("queries", {"query_id": [1], "query_text": ["milk"]})

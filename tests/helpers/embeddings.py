@@ -1,8 +1,8 @@
 """Stand-in embedding tables: seeded random unit vectors in the layout DashCLIP's precompute writes.
 
-For trying, testing and benchmarking the feature store without a trained encoder:
+For testing and benchmarking the feature store without a trained encoder:
 
-    python -m feature_store.standin --data data/tiny --version random16 --dim 16
+    python -m tests.helpers.embeddings --data data/tiny --version random16 --dim 16
 
 writes data/<name>/embeddings/<version>/{products,queries}/part-00000.parquet and metadata.json. Products get
 their created_ts as event_ts, queries the start of the first impression day (before any impression).
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_store.derive import DAY_US, _embedding_array
-from feature_store.schema import TIMESTAMP, read_table, write_table
+from feature_store.derive import DAY_US
+from feature_store.schema import TIMESTAMP, embedding_array, read_table, write_table
 
 
 def random_unit(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -46,12 +46,12 @@ def write_standin_embeddings(data_dir: str | Path, version: str, dim: int = 16, 
     for product, us in (product_event_us or {}).items():
         event[pid == product] = us
     write_table("product_embeddings", pa.table({
-        "product_id": pa.array(pid), "embedding": _embedding_array(random_unit(len(pid), dim, rng)),
+        "product_id": pa.array(pid), "embedding": embedding_array(random_unit(len(pid), dim, rng)),
         "model_version": pa.array([version] * len(pid)),
         "event_ts": pa.array(event, pa.int64()).cast(TIMESTAMP)}), out / "products", embedding_dim=dim)
     qid = queries.column("query_id").to_numpy()
     write_table("query_embeddings", pa.table({
-        "query_id": pa.array(qid), "embedding": _embedding_array(random_unit(len(qid), dim, rng)),
+        "query_id": pa.array(qid), "embedding": embedding_array(random_unit(len(qid), dim, rng)),
         "model_version": pa.array([version] * len(qid)),
         "event_ts": pa.array(np.full(len(qid), first_day_us), pa.int64()).cast(TIMESTAMP)}),
         out / "queries", embedding_dim=dim)

@@ -1,0 +1,73 @@
+"""Parquet reading and writing of the declared tables, validated on the way in and on the way out.
+
+- `read_table(name, path)` reads a parquet file or a folder of parquet files (one folder per table, files
+  `part-00000.parquet`, ... read in sorted order) and validates it.
+- `write_table(name, data, folder, part)` validates and writes `folder/part-{part:05d}.parquet` atomically and
+  byte-deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.files import staged_file
+from feature_store.schema.tables import TableSchema
+from feature_store.schema.validation import SchemaError, conform_columns, table_schema, validate, validate_against
+
+
+def _parquet_files(schema: TableSchema, path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"table '{schema.name}': no parquet file or folder at {path}")
+    files = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+    if not files:
+        raise FileNotFoundError(f"table '{schema.name}': no parquet files in folder {path}")
+    return files
+
+
+def read_table(table_name: str, path: str | os.PathLike, columns: Iterable[str] | None = None,
+               embedding_dim: int | None = None) -> pa.Table:
+    """Read and validate a table from a parquet file or a folder of parquet files (sorted file order).
+
+    With `columns`, only those (plus the key columns) are read and checked; a requested column that is
+    missing is still an error.
+    """
+    path = Path(path)
+    schema = table_schema(table_name, path)
+    only = None
+    if columns is not None:
+        columns = list(columns)
+        only = tuple(dict.fromkeys([k for k in schema.keys if k not in columns] + columns))
+    parts = []
+    for file in _parquet_files(schema, path):
+        f = pq.ParquetFile(file)
+        present = f.schema_arrow.names
+        part = f.read(columns=None if only is None else [c for c in only if c in present])
+        arrays, names = conform_columns(schema, part, file, only)  # per part, so parts may differ in harmless dtypes
+        parts.append(pa.Table.from_arrays(arrays, names=names))
+    try:
+        table = pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise SchemaError(schema.name, None, f"parts do not concatenate: {err}", path) from None
+    return validate_against(schema, table, path, embedding_dim, only)
+
+
+def write_table(table_name: str, data: Any, folder: str | os.PathLike, part: int = 0,
+                embedding_dim: int | None = None) -> Path:
+    """Validate `data` and write it atomically to `folder/part-{part:05d}.parquet` (zstd); returns the path.
+
+    The same input gives the same bytes (no schema metadata, no write time in the file).
+    """
+    folder = Path(folder)
+    table = validate(table_name, data, source=folder, embedding_dim=embedding_dim)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"part-{part:05d}.parquet"
+    with staged_file(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return target
