@@ -10,16 +10,21 @@ import os
 from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+# MLflow 3 opens an experiment without this tag on its GenAI overview (traces, an assistant panel); tagged as model
+# development it opens on the runs table, where the comparison is.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
-def setup_mlflow(experiment: str):
+def setup_mlflow(experiment: str) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment with its artifacts
-    beside a SQLite database (so a test's temporary store keeps its artifacts in its temporary folder)."""
-    import mlflow
+    beside a SQLite database (so a test's temporary store keeps its artifacts in its temporary folder), tagged as
+    model development."""
+    import mlflow  # here, not at the top: the metrics and config users of core never pay for importing MLflow
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -27,12 +32,15 @@ def setup_mlflow(experiment: str):
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
-        mlflow.set_experiment(experiment)
-        return found.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
-    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts)
+        experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag existed
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    else:
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     mlflow.set_experiment(experiment)
     return experiment_id
 
