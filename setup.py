@@ -39,6 +39,7 @@ EXTRAS = {
         "protobuf<7",
         "lightgbm>=4",
     ],
+    "ab": ["tea-tasting==1.14.*"],  # 2.x needs Python 3.12
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
     "dev": ["pytest>=8"],
 }
