@@ -24,8 +24,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks.common import record  # noqa: E402
-from embeddings import train  # noqa: E402
 from core.config import load_config  # noqa: E402
+from embeddings.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from embeddings.config import EmbeddingConfig, set_threads  # noqa: E402
+from embeddings.data import load_catalog  # noqa: E402
+from embeddings.encode import embed_products  # noqa: E402
+from embeddings.model import build_model  # noqa: E402
+from embeddings.precompute import precompute  # noqa: E402
+from embeddings.pretrained import load_tokenizer  # noqa: E402
+from embeddings.train import StopTraining, train_stage1, train_stage2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,19 +42,15 @@ def _timed_steps(cfg, data: Path, stage: int, steps: int, ckpt: Path) -> float:
     shutil.rmtree(ckpt / f"stage{stage}.state", ignore_errors=True)
     started = time.perf_counter()
     try:
-        (train.train_stage1 if stage == 1 else train.train_stage2)(run_cfg, data, progress=False)
-    except train.StopTraining:
+        (train_stage1 if stage == 1 else train_stage2)(run_cfg, data, progress=False)
+    except StopTraining:
         pass
     return time.perf_counter() - started
 
 
 def speed(args) -> int:
-    from embeddings.evaluate import embed_products
-    from embeddings.model import build_model, load_tokenizer, save_checkpoint
-    from embeddings.precompute import precompute
-
-    cfg = load_config(train.EmbeddingConfig, args.config)
-    train.set_threads(cfg.threads)
+    cfg = load_config(EmbeddingConfig, args.config)
+    set_threads(cfg.threads)
     work = Path(tempfile.mkdtemp(prefix="emb-bench-"))
     try:
         # stage 2 starts from a stage-1 checkpoint; its speed does not depend on the weights
@@ -58,9 +61,6 @@ def speed(args) -> int:
             record("embeddings", f"stage{stage}_train_examples_per_s", round((k2 - k1) * batch / (t2 - t1), 1),
                    "examples/s", cfg.name, batch_size=batch, steps=[k1, k2], seconds=[round(t1, 2), round(t2, 2)],
                    threads=torch.get_num_threads())
-        from embeddings.data import load_catalog
-        from embeddings.model import load_checkpoint
-
         model, _ = load_checkpoint(work / "stage1")
         catalog = load_catalog(args.data, cfg.model.image_size)
         started = time.perf_counter()
@@ -75,7 +75,6 @@ def speed(args) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 
 def main(argv: list[str] | None = None) -> int:

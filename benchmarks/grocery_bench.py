@@ -1,9 +1,10 @@
 """DashCLIP stage 1 on real grocery photos: category accuracy from embeddings, trained vs untrained encoder.
 
-    python -m benchmarks.grocery_bench [--data-root ../shared/data/grocery_store_dataset] [--image-size 32]
-                                       [--epochs 20] [--config experiments/configs/embeddings/demo.yaml] [--classes N]
+    python -m benchmarks.grocery_bench [--data-root DIR] [--image-size 32] [--epochs 20]
+                                       [--config experiments/configs/embeddings/demo.yaml] [--classes N]
 
-The Grocery Store Dataset sample (81 fine classes in 42 coarse ones; see PROVENANCE.md in the data folder) becomes
+--data-root: the Grocery Store Dataset sample (default DEFAULT_DATA, grocery_store_dataset in the shared data
+folder beside the repository; 81 fine classes in 42 coarse ones; see PROVENANCE.md in the data folder). It becomes
 the project's raw tables in a temporary folder (never in the repository):
 - training catalog (`<tmp>/train/raw/products`): one product per training photo present (648) plus one per iconic
   catalogue picture (81). title = class name + the first sentence of its English description, aisle = coarse class
@@ -15,7 +16,7 @@ the project's raw tables in a temporary folder (never in the repository):
 
 Stage 1 (embeddings.train.train_stage1, the project's own loop) trains from scratch on the training catalog. Then
 the trained checkpoint ("stage1") and the same model before training ("offshelf": build_model with the same seed,
-exactly stage 1's starting weights) embed both catalogs, a logistic-regression probe (embeddings.evaluate.
+exactly stage 1's starting weights) embed both catalogs, a logistic-regression probe (embeddings.metrics.
 linear_probe) is fitted on the training products and scored on the validation photos, for the coarse (42) and fine
 (81) class. Features:
 - product (headline, `grocery_<level>_acc_<encoder>`): the projected multimodal product embedding, every product
@@ -48,8 +49,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from benchmarks.common import record  # noqa: E402
+from core.config import load_config  # noqa: E402
+from embeddings.checkpoint import load_checkpoint  # noqa: E402
+from embeddings.config import EmbeddingConfig, set_threads  # noqa: E402
+from embeddings.data import Catalog, load_catalog  # noqa: E402
+from embeddings.encode import embed_products  # noqa: E402
+from embeddings.metrics import linear_probe  # noqa: E402
+from embeddings.model import DashClip, build_model  # noqa: E402
+from embeddings.pretrained import load_tokenizer  # noqa: E402
+from embeddings.train import train_stage1  # noqa: E402
+from experiments.images import encode_png  # noqa: E402
+from feature_store.schema import write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "grocery_store_dataset"
@@ -122,10 +135,6 @@ def pick_classes(classes: list[GroceryClass], n: int | None) -> list[GroceryClas
 def square_png(path: Path, image_size: int) -> bytes:
     """The picture padded with white to a square (catalogue pictures are not square; the photos are) and resized
     to image_size x image_size, as PNG bytes."""
-    from PIL import Image, ImageOps
-
-    from experiments.images import encode_png
-
     with Image.open(path) as im:
         square = ImageOps.pad(im.convert("RGB"), (image_size, image_size), method=Image.BICUBIC,
                               color=(255, 255, 255))
@@ -170,8 +179,6 @@ def _products(rows: list[tuple[Path, int]], first_id: int, by_fine: dict[int, Gr
 
 def convert(data_root: Path, out: Path, image_size: int, n_classes: int | None = None) -> GroceryTables:
     """Write the dataset (or n_classes of its classes) as raw tables under out/train and out/val."""
-    from feature_store.schema import write_table
-
     classes = pick_classes(read_classes(data_root), n_classes)
     by_fine = {c.fine: c for c in classes}
     train_rows = [(c.iconic, c.fine) for c in classes] + _split_photos(data_root, "train", set(by_fine))
@@ -199,11 +206,10 @@ def convert(data_root: Path, out: Path, image_size: int, n_classes: int | None =
 
 
 @torch.no_grad()
-def features(model, catalog, tokenizer, max_len: int, batch_size: int = 128) -> dict[str, np.ndarray]:
+def features(model: DashClip, catalog: Catalog, tokenizer, max_len: int,
+             batch_size: int = 128) -> dict[str, np.ndarray]:
     """{"product": [N, D] product embedding with NEUTRAL_TITLE, "image": [N, D] ITC image feature,
     "titled": [N, D] product embedding with the real titles}."""
-    from embeddings.evaluate import embed_products
-
     model.eval()
     neutral = dataclasses.replace(catalog, titles=[NEUTRAL_TITLE] * len(catalog))
     image = torch.cat([model.encode_image(catalog.pixels[s : s + batch_size])[1]
@@ -216,8 +222,6 @@ def probe_accuracies(train_feats: dict, val_feats: dict, tables: GroceryTables, 
                      val_ids: np.ndarray) -> dict[str, float]:
     """{"<level>_acc[_<feature>]": val accuracy} of a probe fitted on the training products, per feature and
     level (coarse, fine)."""
-    from embeddings.evaluate import linear_probe
-
     out = {}
     for level, labels in (("coarse", tables.coarse), ("fine", tables.fine)):
         y_train = np.array([labels[int(p)] for p in train_ids])
@@ -240,26 +244,21 @@ def majority_accuracy(tables: GroceryTables, train_ids: np.ndarray, val_ids: np.
 
 def run(data_root: Path, config: Path, image_size: int, epochs: int, n_classes: int | None) -> dict:
     """Convert, train stage 1, probe both encoders; returns the measurements (nothing recorded)."""
-    from embeddings import train
-    from embeddings.data import load_catalog
-    from embeddings.model import build_model, load_checkpoint, load_tokenizer
-    from core.config import load_config
-
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="grocery-bench-"))
     try:
         tables = convert(data_root, work / "tables", image_size, n_classes)
         convert_s = time.perf_counter() - started
-        base = load_config(train.EmbeddingConfig, config)
+        base = load_config(EmbeddingConfig, config)
         # warm-up: at most a tenth of the run (the demo config's 20 steps would be most of a small one)
         steps = -(-tables.n_train // base.stage1.batch_size) * epochs
-        cfg = load_config(train.EmbeddingConfig, config, overrides=[
+        cfg = load_config(EmbeddingConfig, config, overrides=[
             f"name={base.name}-grocery", f"model.image_size={image_size}", f"stage1.epochs={epochs}",
             f"stage1.warmup_steps={max(1, min(base.stage1.warmup_steps, steps // 10))}",
             "heldout_product_share=0.0", "eval_every=0", f"checkpoints={work / 'checkpoints'}"])
-        train.set_threads(cfg.threads)
+        set_threads(cfg.threads)
         t0 = time.perf_counter()
-        final = train.train_stage1(cfg, tables.train_dir, progress=False)
+        final = train_stage1(cfg, tables.train_dir, progress=False)
         train_s = time.perf_counter() - t0
 
         tokenizer = load_tokenizer(cfg.model)

@@ -19,7 +19,8 @@ import pandas as pd
 import pyarrow.dataset as ds
 import torch
 
-from embeddings.model import preprocess_images
+from embeddings.config import EmbeddingConfig
+from embeddings.preprocess import preprocess_images
 from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table
 
 
@@ -145,6 +146,18 @@ def make_holdout(catalog: Catalog, relevance: pd.DataFrame, data_dir: str | Path
     rel_queries = np.unique(relevance.query_id.to_numpy())
     heldout = rel_queries[_uniform(rel_queries, seed, 2) < query_share]
     return Holdout(train_products, np.sort(heldout))
+
+
+def stage2_inputs(cfg: EmbeddingConfig, data_dir: str | Path) -> tuple[Catalog, pd.DataFrame, pd.DataFrame, Holdout]:
+    """Catalog (with pictures unless the model reads titles only), queries, relevance and the hold-out split: what
+    stage 2 trains on and the evaluation scores."""
+    with_images = cfg.model.modalities != "text" and cfg.model.product_input != "title"
+    catalog = load_catalog(data_dir, cfg.model.image_size, with_images=with_images,
+                           skip_corrupt_images=cfg.skip_corrupt_images)
+    queries = load_queries(data_dir)
+    relevance = load_relevance(data_dir, catalog, queries)
+    holdout = make_holdout(catalog, relevance, data_dir, cfg.heldout_query_share, cfg.heldout_product_share, cfg.seed)
+    return catalog, queries, relevance, holdout
 
 
 def _uniform(ids: np.ndarray, seed: int, stream: int) -> np.ndarray:

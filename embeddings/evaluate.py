@@ -4,7 +4,8 @@
         --encoder stage1=data/demo/embeddings/checkpoints/stage1 --encoder stage2=.../stage2 \
         [--encoder stage2_alone=... --encoder title_only=... --encoder image_only=...] [key=value ...]
 
-Metrics (names `<encoder>/<metric>`, DESIGN.md section 9), on held-out products and held-out queries:
+Metrics (names `<encoder>/<metric>`, docs/design.md section 9; computed by embeddings.metrics), on held-out
+products and held-out queries:
 - aisle_acc: a linear probe (standardised softmax regression) on product embeddings, fitted on the training
   products, scored on the held-out ones (new products and a seeded share of the old);
 - relevance_f1: macro-F1 of the same kind of probe on [p*q, |p-q|, cos(p, q)] predicting the 0/1/2 label, fitted
@@ -29,100 +30,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import f1_score
 
-from embeddings import data as D
-from embeddings.model import DashClip, build_model, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
-from embeddings.train import EmbeddingConfig, prepare_stage2, product_hidden_all, set_threads
 from core.config import add_config_args, config_from_args
+from core.tracking import setup_mlflow
+from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
+from embeddings.config import EmbeddingConfig, set_threads
+from embeddings.data import Catalog, Holdout, stage2_inputs
+from embeddings.encode import embed_products, embed_queries
+from embeddings.metrics import aisle_accuracy, auc_2v0, linear_probe, pair_features, retrieval
+from embeddings.model import DashClip, build_model
+from embeddings.plots import plot_cosines, plot_tsne
+from embeddings.pretrained import load_tokenizer
 from feature_store.schema import read_table
-from core.metrics import auc
 
 METRICS = ("aisle_acc", "relevance_f1", "recall_at_10", "ndcg_at_10", "cos_auc_2v0")
-K = 10
-
-
-@torch.no_grad()
-def embed_products(model: DashClip, catalog: D.Catalog, tokenizer, max_len: int) -> np.ndarray:
-    ids, mask = tokenize(tokenizer, catalog.titles, max_len)
-    hidden = product_hidden_all(model, catalog, ids, mask)
-    return torch.nn.functional.normalize(model.product_proj(hidden), dim=-1).numpy()  # [N, D]
-
-
-@torch.no_grad()
-def embed_queries(model: DashClip, texts: list[str], tokenizer, max_len: int, batch_size: int = 1024) -> np.ndarray:
-    model.eval()
-    out = []
-    for s in range(0, len(texts), batch_size):
-        ids, mask = tokenize(tokenizer, texts[s : s + batch_size], max_len)
-        out.append(model.encode_query(ids, mask))
-    return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
 
 
 @dataclass
 class EvalData:
-    catalog: D.Catalog
+    catalog: Catalog
     queries: pd.DataFrame
     relevance: pd.DataFrame  # label = the evaluation label (golden when there is one); observed = the noisy one
-    holdout: D.Holdout
+    holdout: Holdout
     label_source: str  # "golden" or "labels"
     judgments: dict[int, dict[int, int]]  # held-out query id -> {catalog row: gain > 0}
     judgment_source: str  # "world" (every product judged) or "labels" (the labelled pairs only)
-
-
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-3,
-                 iters: int = 100) -> np.ndarray:
-    """Multinomial logistic regression on standardised features (full-batch L-BFGS, deterministic); returns the
-    predicted classes of x_test. Standardising matters: unit-norm embeddings have tiny coordinates, and an
-    unscaled regularised probe underfits them."""
-    classes, y = np.unique(y_train, return_inverse=True)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    xt = torch.from_numpy(((x_train - mean) / std).astype(np.float32))
-    yt = torch.from_numpy(y)
-    w = torch.zeros(xt.shape[1], len(classes), requires_grad=True)
-    b = torch.zeros(len(classes), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        scores = torch.from_numpy(((x_test - mean) / std).astype(np.float32)) @ w + b
-    return classes[scores.argmax(1).numpy()]
-
-
-def aisle_accuracy(p_emb: np.ndarray, aisles: np.ndarray, train_mask: np.ndarray) -> float:
-    predicted = linear_probe(p_emb[train_mask], aisles[train_mask], p_emb[~train_mask])
-    return float((predicted == aisles[~train_mask]).mean())
-
-
-def pair_features(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    cos = (p * q).sum(1, keepdims=True)
-    return np.hstack([p * q, np.abs(p - q), cos])  # [n, 2D + 1]
-
-
-def retrieval(p_emb: np.ndarray, q_emb: np.ndarray, judgments: list[dict[int, int]], k: int = K) -> tuple[float, float]:
-    """Mean recall@k (relevant = gain 2; denominator min(#relevant, k)) and nDCG@k (gains 2^g - 1) of queries
-    [Q, D] retrieving from all products [N, D] by cosine; queries without a relevant product are skipped."""
-    scores = q_emb @ p_emb.T  # [Q, N]
-    top = np.argpartition(-scores, k, axis=1)[:, :k]  # [Q, k] unordered
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)  # [Q, k] best first
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recalls, ndcgs = [], []
-    for row, gains in zip(top, judgments):
-        relevant = {i for i, g in gains.items() if g == 2}
-        if not relevant:
-            continue
-        recalls.append(len(relevant & set(row.tolist())) / min(len(relevant), k))
-        dcg = sum(discounts[r] * (2 ** gains.get(int(i), 0) - 1) for r, i in enumerate(row))
-        ideal = sorted(gains.values(), reverse=True)[:k]
-        ndcgs.append(dcg / sum(discounts[r] * (2**g - 1) for r, g in enumerate(ideal)))
-    return float(np.mean(recalls)) if recalls else float("nan"), float(np.mean(ndcgs)) if ndcgs else float("nan")
 
 
 def evaluate_embeddings(p_emb: np.ndarray, q_emb_of: dict[int, np.ndarray], ev: EvalData) -> tuple[dict, pd.DataFrame]:
@@ -145,23 +78,18 @@ def evaluate_embeddings(p_emb: np.ndarray, q_emb_of: dict[int, np.ndarray], ev: 
         "relevance_f1": float(f1_score(labels[held], predicted, average="macro")),
         "recall_at_10": recall,
         "ndcg_at_10": ndcg,
-        "cos_auc_2v0": _auc_2v0(pairs.label.to_numpy(), pairs.cos.to_numpy()),
+        "cos_auc_2v0": auc_2v0(pairs.label.to_numpy(), pairs.cos.to_numpy()),
     }
     if ev.label_source == "golden":
-        metrics["cos_auc_2v0_observed"] = _auc_2v0(pairs.observed.to_numpy(), pairs.cos.to_numpy())
+        metrics["cos_auc_2v0_observed"] = auc_2v0(pairs.observed.to_numpy(), pairs.cos.to_numpy())
     return metrics, pairs
-
-
-def _auc_2v0(labels: np.ndarray, cos: np.ndarray) -> float:
-    keep = labels != 1
-    return auc((labels[keep] == 2).astype(np.int8), cos[keep])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # evaluation data: hold-out, golden labels, retrieval judgments
 
 
-def world_judgments(data_dir: Path, catalog: D.Catalog, query_ids: np.ndarray) -> dict[int, dict[int, int]] | None:
+def world_judgments(data_dir: Path, catalog: Catalog, query_ids: np.ndarray) -> dict[int, dict[int, int]] | None:
     """Every catalog product's true relevance to each query, from the hidden `retrieval_truth` table a simulated
     world writes. None when data_dir has no such table or it does not cover every query asked for."""
     folder = Path(data_dir) / "hidden" / "retrieval_truth"
@@ -182,8 +110,6 @@ def world_judgments(data_dir: Path, catalog: D.Catalog, query_ids: np.ndarray) -
 def load_eval_data(cfg: EmbeddingConfig, data_dir: Path) -> EvalData:
     """The catalog, queries, hold-out split (the training one: same seed and shares), evaluation labels and
     retrieval judgments for the held-out queries."""
-    from embeddings.train import stage2_inputs
-
     catalog, queries, relevance, holdout = stage2_inputs(cfg, data_dir)
     relevance = relevance.assign(observed=relevance.label)
     golden = Path(data_dir) / "hidden" / "relevance_truth"
@@ -217,7 +143,7 @@ def evaluate_model(model: DashClip, ev: EvalData, cfg: EmbeddingConfig) -> tuple
 def offshelf_model(cfg: EmbeddingConfig) -> DashClip:
     """The encoder before any training, evaluated the way stage 2 would start from it (query side = title side)."""
     model = build_model(cfg.model, seed=cfg.seed)
-    prepare_stage2(model, keep_product_proj=False)
+    model.start_stage2()
     return model
 
 
@@ -227,60 +153,8 @@ def load_encoder(path: Path, cfg: EmbeddingConfig) -> DashClip:
     model, _ = load_checkpoint(path, expected_cfg=cfg.model)
     meta = read_checkpoint_meta(path)
     if meta.get("stage") == 1:
-        prepare_stage2(model, keep_product_proj=meta.get("product_proj_trained", False))
+        model.start_stage2(keep_product_proj=meta.get("product_proj_trained", False))
     return model
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_cosines(pairs_by_encoder: dict[str, pd.DataFrame], path: Path) -> None:
-    plt = _pyplot()
-    n = len(pairs_by_encoder)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
-    bins = np.linspace(-1, 1, 51)
-    for ax, (name, pairs) in zip(axes[0], pairs_by_encoder.items()):
-        for label, colour in ((0, "tab:red"), (1, "tab:orange"), (2, "tab:green")):
-            ax.hist(pairs.cos[pairs.label == label], bins=bins, alpha=0.5, density=True, color=colour,
-                    label=f"label {label}")
-        ax.set_title(name)
-        ax.set_xlabel("cos(product, query)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_tsne(emb_by_encoder: dict[str, np.ndarray], aisles: np.ndarray, path: Path, n: int = 1200,
-              seed: int = 0) -> None:
-    from sklearn.manifold import TSNE
-
-    plt = _pyplot()
-    idx = np.random.default_rng(seed).choice(len(aisles), size=min(n, len(aisles)), replace=False)
-    names = sorted(set(aisles[idx]))
-    colour = np.array([names.index(a) for a in aisles[idx]])
-    k = len(emb_by_encoder)
-    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 4.2), squeeze=False)
-    for ax, (name, emb) in zip(axes[0], emb_by_encoder.items()):
-        perplexity = min(30.0, max(2.0, (len(idx) - 1) / 3))
-        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(emb[idx])
-        ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab20", s=4)
-        ax.set_title(f"{name}: products by aisle")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -311,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.data / "embeddings" / "eval"
     out.mkdir(parents=True, exist_ok=True)
 
-    import mlflow
-
-    from core.tracking import setup_mlflow
+    import mlflow  # here, not at the top: the evaluation functions run without MLflow (benchmarks, tests)
 
     setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Stage 1 (BLIP continual pre-training) uses `itc_loss` + `sample_hard_negatives` + `itm_loss`; stage 2 (query
 alignment) uses `pqc_loss`. Nothing here owns parameters or state: the model computes features, the train step
-calls these functions and logs the named terms they return (DESIGN.md section 5).
+calls these functions and logs the named terms they return (docs/design.md section 5).
 
 Shapes: B batch, D embedding dim (BLIP: 256), K feature-queue length, N explicit negative queries per product.
 Temperatures divide similarities (logits = cos / temp), as in BLIP, which learns `temp` directly (init 0.07).
@@ -245,7 +245,7 @@ def pqc_loss(
     pos_query_ids: Tensor | None = None,
     neg_query_ids: Tensor | None = None,
 ) -> PqcOutput:
-    """Product-query contrastive loss (DashCLIP stage 2, DESIGN.md section 5).
+    """Product-query contrastive loss (DashCLIP stage 2, docs/design.md section 5).
 
         L = -(1/B) sum_i log( exp(s(C_i, Q_i+)/tau) / (exp(s(C_i, Q_i+)/tau) + sum_{q in Neg_i} exp(s(C_i, q)/tau)) )
 

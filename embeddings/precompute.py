@@ -29,9 +29,13 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
-from embeddings.data import load_catalog, load_queries
-from embeddings.model import DashClip, load_checkpoint, load_tokenizer, read_checkpoint_meta, tokenize
 from core.files import staged_folder
+from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
+from embeddings.config import set_threads
+from embeddings.data import load_catalog, load_queries
+from embeddings.model import DashClip
+from embeddings.preprocess import tokenize
+from embeddings.pretrained import load_tokenizer
 from feature_store.schema import read_table, write_table
 
 ROWS_PER_PART = 50_000
@@ -137,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     started = time.perf_counter()
     out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress)
     meta = json.loads((out / "metadata.json").read_text())

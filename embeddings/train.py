@@ -23,118 +23,37 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from embeddings import data as D
+from core.config import add_config_args, config_from_args, config_to_dict
+from core.tracking import flatten, setup_mlflow
+from embeddings.checkpoint import (load_checkpoint, load_train_state, read_checkpoint_meta, save_checkpoint,
+                                   save_train_state, train_fingerprint)
+from embeddings.config import EmbeddingConfig, Stage1Config, set_threads
+from embeddings.data import (Catalog, Holdout, PairSampler, load_catalog, load_queries, load_relevance, make_holdout,
+                             stage2_inputs)
+from embeddings.encode import product_hidden_all
 from embeddings.loss import SoftTargets, clamp_temperature, itc_loss, itm_loss, pqc_loss, sample_hard_negatives
-from embeddings.model import (DashClip, ModelConfig, build_model, load_checkpoint, load_tokenizer, read_checkpoint_meta,
-                              save_checkpoint, tokenize)
-from core.config import ConfigError, add_config_args, config_from_args, config_to_dict
-
-
-@dataclass(frozen=True)
-class Stage1Config:
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup_steps: int = 20
-    itm: bool = True  # image-text matching with hard negatives, on top of ITC
-    # Share of ITM negatives drawn uniformly from the batch instead of by ITC similarity (0 = BLIP: all hard).
-    # Trained from scratch, the ITM head never leaves the constant P(match) = 1/3 on hard negatives alone (demo,
-    # 4 epochs: held-out AUC vs random negatives 0.63); half random ones give it easy mismatches to learn from
-    # (AUC 0.72, aisle accuracy unchanged). ITM stays weak either way (P(match) near 1/3 for all pairs).
-    itm_random_negatives: float = 0.5
-    momentum: float = 0.0  # BLIP: 0.995. > 0 keeps EMA copies of the unimodal encoders (needed by queue / alpha)
-    queue_size: int = 0  # BLIP: 57600. Momentum features of past batches as extra ITC candidates
-    alpha: float = 0.0  # BLIP: 0.4. Weight of the momentum encoders' soft ITC targets
-    # Also contrast the projected multimodal representation product_proj(C_i) with the product's own title and
-    # image features (InfoNCE, both directions): C_i becomes an embedding in the ITC space, and stage 2 starts from
-    # it instead of from a projection that never saw C_i. Off = plain BLIP (ITC + ITM).
-    product_itc: bool = True
-
-
-@dataclass(frozen=True)
-class Stage2Config:
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 5e-4
-    warmup_steps: int = 20
-    init_from: Literal["stage1", "offshelf"] = "stage1"  # "offshelf": stage 2 alone, for the ablation
-    negatives: int = 3  # explicit negative queries per product
-    positive_labels: tuple[int, ...] = (2,)
-    negative_labels: tuple[int, ...] = (0, 1)
-    negative_weights: tuple[float, ...] = (0.75, 0.25)  # sampling ratio between the negative label types
-    in_batch_negatives: bool = True
-    train_product_encoder: bool = False  # False: product side frozen, product_proj trained (fast)
-
-
-@dataclass(frozen=True)
-class EmbeddingConfig:
-    name: str = "demo"
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    weight_decay: float = 0.02
-    freeze_word_embeddings: bool = True  # the 30k-row vocabulary tables dominate the optimizer step otherwise
-    heldout_query_share: float = 0.2  # of the relevance queries, never trained on (stage 2)
-    heldout_product_share: float = 0.1  # of the products created in the training window, never trained on
-    skip_corrupt_images: bool = False  # drop (and report) products whose picture cannot be decoded
-    eval_every: int = 1  # epochs between validation passes (0: none)
-    checkpoint_every: int = 50  # steps between resumable checkpoints
-    max_steps: int = 0  # stop after this many steps (0: no limit); the state folder stays for a resume
-    checkpoints: str = ""  # default: <data>/embeddings/checkpoints
-    threads: int = 1  # torch intra-op threads; 1 is fastest on small shared CPUs (0: torch's default)
-
-    def validate(self) -> None:
-        if not 0 <= self.heldout_query_share < 1 or not 0 <= self.heldout_product_share < 1:
-            raise ConfigError("EmbeddingConfig: 'heldout_query_share' and 'heldout_product_share' must be in [0, 1)")
-        if len(self.stage2.negative_labels) != len(self.stage2.negative_weights):
-            raise ConfigError("EmbeddingConfig: 'stage2.negative_weights' needs one weight per negative label")
-        if set(self.stage2.positive_labels) & set(self.stage2.negative_labels):
-            raise ConfigError("EmbeddingConfig: a label cannot be both positive and negative in stage2")
-        if min(self.stage2.negative_weights, default=1) < 0:
-            raise ConfigError("EmbeddingConfig: 'stage2.negative_weights' must be non-negative")
-        s1 = self.stage1
-        if not 0 <= s1.momentum < 1:
-            raise ConfigError("EmbeddingConfig: 'stage1.momentum' must be in [0, 1)")
-        if (s1.queue_size or s1.alpha) and not s1.momentum:
-            raise ConfigError("EmbeddingConfig: 'stage1.queue_size' and 'stage1.alpha' need 'stage1.momentum' > 0 "
-                              "(BLIP fills the queue and the soft targets from the momentum encoders)")
-        if not 0 <= s1.alpha <= 1:
-            raise ConfigError("EmbeddingConfig: 'stage1.alpha' must be in [0, 1]")
-        if not 0 <= s1.itm_random_negatives <= 1:
-            raise ConfigError("EmbeddingConfig: 'stage1.itm_random_negatives' must be in [0, 1]")
-        for key in ("stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size"):
-            stage, name = key.split(".")
-            if getattr(getattr(self, stage), name) < 1:
-                raise ConfigError(f"EmbeddingConfig: '{key}' must be at least 1")
-        if self.checkpoint_every < 1:
-            raise ConfigError("EmbeddingConfig: 'checkpoint_every' must be at least 1")
+from embeddings.metrics import auc_2v0, linear_probe
+from embeddings.model import DashClip, build_model
+from embeddings.plots import plot_history
+from embeddings.preprocess import tokenize
+from embeddings.pretrained import load_tokenizer
 
 
 class StopTraining(RuntimeError):
     """max_steps reached before the end: the state folder holds everything needed to resume."""
-
-
-def set_threads(threads: int) -> None:
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def checkpoint_dir(cfg: EmbeddingConfig, data_dir: Path) -> Path:
@@ -150,16 +69,7 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# resumable state: weights, optimizer moments, extra tensors and the RNG in safetensors; counters in JSON
-
-
-def _optimizer_tensors(model: DashClip, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    names = {p: n for n, p in model.named_parameters()}
-    out = {}
-    for p, state in opt.state.items():
-        for key, value in state.items():
-            out[f"opt::{names[p]}::{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
+# the loop: optimizer, schedule, resumable state (embeddings.checkpoint), StopTraining at max_steps
 
 
 class Run:
@@ -180,39 +90,20 @@ class Run:
         self.extra_state, self.restore_extra = extra_state, restore_extra
 
     def resume(self) -> bool:
-        meta_file = self.state_dir / "model_config.json"
-        if not meta_file.is_file():
+        state = load_train_state(self.model, self.opt, self.state_dir, self.fingerprint, self.stage)
+        if state is None:
             return False
-        meta = json.loads(meta_file.read_text())
-        if meta.get("train_fingerprint") != self.fingerprint:
-            raise ValueError(f"{self.state_dir} holds a stage-{self.stage} run of another config or data "
-                             f"(fingerprint {meta.get('train_fingerprint')} != {self.fingerprint}); delete it to "
-                             f"start over")
-        self.model.load_state_dict(load_file(str(self.state_dir / "model.safetensors")), strict=True)
-        tensors = load_file(str(self.state_dir / "train_state.safetensors"))
-        params = dict(self.model.named_parameters())
-        extra = {}
-        for key, value in tensors.items():
-            kind, _, rest = key.partition("::")
-            if kind == "opt":
-                name, slot = rest.rsplit("::", 1)
-                self.opt.state[params[name]][slot] = value
-            elif kind == "rng":
-                torch.set_rng_state(value)
-            else:
-                extra[rest] = value
+        meta, extra = state
         if self.restore_extra:
             self.restore_extra(extra)
         self.step, self.history, self.evals = meta["step"], meta["history"], meta.get("evals", [])
         return True
 
     def save_state(self) -> None:
-        tensors = {**_optimizer_tensors(self.model, self.opt), "rng::torch": torch.get_rng_state()}
-        if self.extra_state:
-            tensors.update({f"extra::{k}": v for k, v in self.extra_state().items()})
-        save_checkpoint(self.model, self.model.cfg, self.state_dir, extra_tensors=tensors,
-                        extra_json={"step": self.step, "history": self.history, "evals": self.evals,
-                                    "train_fingerprint": self.fingerprint})
+        save_train_state(self.model, self.opt, self.state_dir,
+                         {"step": self.step, "history": self.history, "evals": self.evals,
+                          "train_fingerprint": self.fingerprint},
+                         extra=self.extra_state() if self.extra_state else None)
 
     def update(self, loss: torch.Tensor) -> None:
         for group in self.opt.param_groups:
@@ -244,14 +135,6 @@ def _trainable(model: DashClip, modules: list[torch.nn.Module], cfg: EmbeddingCo
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _fingerprint(cfg: EmbeddingConfig, stage: int, n_examples: int) -> str:
-    """What a resumed run must share with the interrupted one: the config (less run control) and the data size."""
-    run_control = ("max_steps", "checkpoints", "checkpoint_every", "threads", "eval_every")
-    relevant = {k: v for k, v in config_to_dict(cfg).items() if k not in run_control}
-    spec = json.dumps({"cfg": relevant, "stage": stage, "n": n_examples}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
-
-
 def _loop(run: Run, steps_per_epoch: int, step_fn: Callable[[int, int], dict], desc: str, progress: bool,
           on_epoch: Callable[[Run, int], None] | None) -> None:
     """The shared loop: step_fn(epoch, k) does one update and returns its named terms. Saves resumable state every
@@ -281,35 +164,15 @@ def _loop(run: Run, steps_per_epoch: int, step_fn: Callable[[int, int], dict], d
 # validation during training (training path: observed labels only, never the hidden tables)
 
 
-@torch.no_grad()
-def product_hidden_all(model: DashClip, catalog: D.Catalog, ids: torch.Tensor, mask: torch.Tensor,
-                       batch_size: int = 256, progress: bool = False, rows: np.ndarray | None = None) -> torch.Tensor:
-    """[N, H] product representations before product_proj (multimodal C_i unless product_input says otherwise)
-    for the catalog rows `rows` (default: all)."""
-    was_training = model.training
-    model.eval()
-    rows = np.arange(len(catalog)) if rows is None else np.asarray(rows)
-    out = []
-    for s in tqdm(range(0, len(rows), batch_size), desc="products", unit="batch", disable=not progress):
-        r = torch.from_numpy(rows[s : s + batch_size])
-        width = int(mask[r].sum(1).max())
-        px = None if catalog.pixels is None else catalog.pixels[r]
-        out.append(model.product_hidden(ids[r, :width], mask[r, :width], px))
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.text_encoder.config.hidden_size)
-
-
-def _validation_rows(holdout: D.Holdout, seed: int, n_train: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+def _validation_rows(holdout: Holdout, seed: int, n_train: int = 1500) -> tuple[np.ndarray, np.ndarray]:
     """Catalog rows for a quick aisle probe: a seeded sample of training products and every held-out one."""
     train = np.flatnonzero(holdout.train_products)
     train = np.sort(np.random.default_rng([seed, 99]).choice(train, size=min(n_train, len(train)), replace=False))
     return train, np.flatnonzero(~holdout.train_products)
 
 
-def validate_products(model: DashClip, catalog: D.Catalog, ids, mask, holdout: D.Holdout, seed: int) -> dict:
+def validate_products(model: DashClip, catalog: Catalog, ids, mask, holdout: Holdout, seed: int) -> dict:
     """Aisle accuracy of a linear probe on the product representation of held-out products."""
-    from embeddings.evaluate import linear_probe
-
     train, held = _validation_rows(holdout, seed)
     if not len(train) or not len(held):
         return {}
@@ -415,9 +278,9 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         raise ValueError("stage 1 aligns images and titles; a catalog without images (model.modalities=text) starts "
                          "at stage 2: run --stage 2 with stage2.init_from=offshelf")
     s1 = cfg.stage1
-    catalog = D.load_catalog(data_dir, cfg.model.image_size, skip_corrupt_images=cfg.skip_corrupt_images)
-    relevance = D.load_relevance(data_dir, catalog, D.load_queries(data_dir))
-    holdout = D.make_holdout(catalog, relevance, data_dir, cfg.heldout_query_share, cfg.heldout_product_share, cfg.seed)
+    catalog = load_catalog(data_dir, cfg.model.image_size, skip_corrupt_images=cfg.skip_corrupt_images)
+    relevance = load_relevance(data_dir, catalog, load_queries(data_dir))
+    holdout = make_holdout(catalog, relevance, data_dir, cfg.heldout_query_share, cfg.heldout_product_share, cfg.seed)
     train_idx = np.flatnonzero(holdout.train_products)
     if len(train_idx) < 2:
         raise ValueError(f"{data_dir}: stage 1 needs at least 2 training products, found {len(train_idx)}")
@@ -433,7 +296,7 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     mom = Momentum(model, s1, cfg.seed) if s1.momentum else None
     steps_per_epoch = math.ceil(len(train_idx) / s1.batch_size)
     run = Run(model, params, cfg, 1, s1.lr, s1.warmup_steps, steps_per_epoch * s1.epochs, checkpoint_dir(cfg, data_dir),
-              out_name, _fingerprint(cfg, 1, len(train_idx)),
+              out_name, train_fingerprint(cfg, 1, len(train_idx)),
               extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None)
     run.resume()
     model.train()
@@ -468,17 +331,6 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 # stage 2: PQC between products and queries
 
 
-def stage2_inputs(cfg: EmbeddingConfig, data_dir: Path):
-    """Catalog (with pictures unless the model reads titles only), queries, relevance and the hold-out split."""
-    with_images = cfg.model.modalities != "text" and cfg.model.product_input != "title"
-    catalog = D.load_catalog(data_dir, cfg.model.image_size, with_images=with_images,
-                             skip_corrupt_images=cfg.skip_corrupt_images)
-    queries = D.load_queries(data_dir)
-    relevance = D.load_relevance(data_dir, catalog, queries)
-    holdout = D.make_holdout(catalog, relevance, data_dir, cfg.heldout_query_share, cfg.heldout_product_share, cfg.seed)
-    return catalog, queries, relevance, holdout
-
-
 def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
     """Stage 2's starting point: the stage-1 checkpoint (or the untrained model for init_from=offshelf or a catalog
     without images), with the query side and product_proj restarted from the product encoders."""
@@ -491,27 +343,15 @@ def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
                                     f"(run --stage 1 first, or set stage2.init_from=offshelf)")
         model, _ = load_checkpoint(stage1, expected_cfg=cfg.model)
         model.cfg = dataclasses.replace(model.cfg, product_input=cfg.model.product_input)
-        prepare_stage2(model, keep_product_proj=read_checkpoint_meta(stage1).get("product_proj_trained", False))
+        model.start_stage2(keep_product_proj=read_checkpoint_meta(stage1).get("product_proj_trained", False))
         return model
-    prepare_stage2(model, keep_product_proj=False)
-    return model
-
-
-def prepare_stage2(model: DashClip, keep_product_proj: bool) -> None:
-    """Restart the query side from the product title encoder (DashClip.start_stage2). product_proj restarts from
-    the matching unimodal projection too, unless stage 1 already trained it on C_i (product_itc) and the product
-    embedding is the multimodal one."""
-    trained = copy.deepcopy(model.product_proj.state_dict())
     model.start_stage2()
-    if keep_product_proj and model.product_input == "multimodal":
-        model.product_proj.load_state_dict(trained)
+    return model
 
 
 def validate_queries(model: DashClip, product_emb: Callable[[np.ndarray], torch.Tensor], q_ids, q_mask, q_row: dict,
                      pairs) -> dict:
     """PQC ranking quality on the held-out queries' labelled pairs: AUC of cos for label 2 vs label 0."""
-    from core.metrics import auc
-
     pairs = pairs[pairs.label != 1]
     if pairs.label.nunique() < 2:
         return {}
@@ -524,7 +364,7 @@ def validate_queries(model: DashClip, product_emb: Callable[[np.ndarray], torch.
         p = product_emb(pairs.product_id.to_numpy())
     model.train(was_training)
     cos = (p * q).sum(1).numpy()
-    return {"val/cos_auc_2v0": auc((pairs.label == 2).to_numpy().astype(np.int8), cos)}
+    return {"val/cos_auc_2v0": auc_2v0(pairs.label.to_numpy(), cos)}
 
 
 def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage2") -> Path:
@@ -534,7 +374,7 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     train_pids = catalog.product_ids[holdout.train_products]
     held = relevance.query_id.isin(holdout.heldout_queries)
     rel = relevance[~held & relevance.product_id.isin(train_pids)]
-    sampler = D.PairSampler(rel, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives, cfg.seed)
+    sampler = PairSampler(rel, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives, cfg.seed)
     if len(sampler) == 0:
         raise ValueError(f"{data_dir}: no positive relevance pairs (labels {list(s2.positive_labels)}) among the "
                          f"training queries and products to train stage 2 on")
@@ -564,7 +404,7 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 
     steps_per_epoch = math.ceil(len(sampler) / s2.batch_size)
     run = Run(model, params, cfg, 2, s2.lr, s2.warmup_steps, steps_per_epoch * s2.epochs, checkpoint_dir(cfg, data_dir),
-              out_name, _fingerprint(cfg, 2, len(sampler)))
+              out_name, train_fingerprint(cfg, 2, len(sampler)))
     run.resume()
     model.train()
     batches = {"epoch": -1, "it": None}
@@ -606,47 +446,17 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 # entry point with MLflow tracking
 
 
-def _epoch_logger():
-    import mlflow
+def _epoch_logger(log_metrics: Callable[..., object]) -> Callable[[Run, int, int], None]:
+    """Per epoch: the mean training terms of its steps and the validation metrics, through log_metrics."""
 
     def log(run: Run, epoch: int, steps: int) -> None:
         recent = run.history[-steps:]
         keys = [k for k in recent[0] if k != "step"]
         metrics = {f"train/{k}": float(np.mean([h[k] for h in recent])) for k in keys}
         metrics.update({k: v for k, v in run.evals[-1].items() if k != "epoch"} if run.evals else {})
-        mlflow.log_metrics(metrics, step=epoch)
+        log_metrics(metrics, step=epoch)
 
     return log
-
-
-def plot_history(history: list[dict], evals: list[dict], path: Path) -> None:
-    """Training curves (per step, smoothed) and validation metrics (per epoch) as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in history[0] if k not in ("step", "temp", "loss")]
-    val_keys = sorted({k for e in evals for k in e if k != "epoch"})
-    fig, axes = plt.subplots(1, 2 if val_keys else 1, figsize=(11 if val_keys else 6, 3.6), squeeze=False)
-    steps = np.array([h["step"] for h in history])
-    window = max(1, len(history) // 50)
-    for k in keys:
-        values = np.convolve([h[k] for h in history], np.ones(window) / window, mode="valid")
-        axes[0][0].plot(steps[window - 1 :], values, label=k, lw=1)
-    axes[0][0].set_xlabel("step")
-    axes[0][0].legend(fontsize=8)
-    axes[0][0].set_title("training losses")
-    if val_keys:
-        for k in val_keys:
-            pts = [(e["epoch"], e[k]) for e in evals if k in e]
-            axes[0][1].plot(*zip(*pts), marker="o", label=k)
-        axes[0][1].set_xlabel("epoch")
-        axes[0][1].legend(fontsize=8)
-        axes[0][1].set_title("validation (held-out products / queries)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -660,9 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(EmbeddingConfig, args)
     set_threads(cfg.threads)
-    import mlflow
-
-    from core.tracking import flatten, setup_mlflow
+    import mlflow  # here, not at the top: the training functions run without MLflow (benchmarks, tests)
 
     setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()
@@ -672,11 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params({k: str(v)[:250] for k, v in flatten(config_to_dict(cfg)).items()})
         train = train_stage1 if args.stage == 1 else train_stage2
         try:
-            final = train(cfg, args.data, progress=not args.no_progress, log=_epoch_logger(), out_name=name)
+            final = train(cfg, args.data, progress=not args.no_progress, log=_epoch_logger(mlflow.log_metrics),
+                          out_name=name)
         except StopTraining:
             mlflow.end_run(status="KILLED")
             raise
-        meta = json.loads((final / "model_config.json").read_text())
+        meta = read_checkpoint_meta(final)
         plot = final.parent / f"{name}_training_curves.png"
         plot_history(meta["history"], meta.get("evals", []), plot)
         mlflow.log_artifact(str(plot))

@@ -1,14 +1,15 @@
 """benchmarks.grocery_bench: converting the Grocery Store Dataset to the raw tables, and the whole benchmark on a
-few classes. Skipped when ../shared/data/grocery_store_dataset is absent (except the skip path itself)."""
+few classes. Skipped when the shared data folder has no grocery_store_dataset (except the skip path itself)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from benchmarks import grocery_bench as gb
+import benchmarks.common
+from benchmarks import grocery_bench
+from feature_store.schema import read_table
 from tests.conftest import ROOT, SHARED_DATA
 
 GROCERY = SHARED_DATA / "grocery_store_dataset"
@@ -18,21 +19,20 @@ needs_data = pytest.mark.skipif(not (GROCERY / "dataset" / "classes.csv").is_fil
 
 
 def test_first_sentence():
-    assert gb.first_sentence("Sweet and  juicy. Grows in Spain.") == "Sweet and juicy."
-    assert gb.first_sentence("No full stop here") == "No full stop here"
-    assert gb.first_sentence("Costs 1.5 kr. Cheap!") == "Costs 1.5 kr."  # a decimal point is not a sentence end
+    assert grocery_bench.first_sentence("Sweet and  juicy. Grows in Spain.") == "Sweet and juicy."
+    assert grocery_bench.first_sentence("No full stop here") == "No full stop here"
+    # a decimal point is not a sentence end
+    assert grocery_bench.first_sentence("Costs 1.5 kr. Cheap!") == "Costs 1.5 kr."
 
 
 def test_main_skips_without_data(tmp_path, capsys):
-    assert gb.main(["--data-root", str(tmp_path / "absent")]) == 0
+    assert grocery_bench.main(["--data-root", str(tmp_path / "absent")]) == 0
     assert "skipped" in capsys.readouterr().out
 
 
 @needs_data
 def test_convert_a_few_classes(tmp_path):
-    from feature_store.schema import read_table
-
-    tables = gb.convert(GROCERY, tmp_path, image_size=16, n_classes=5)
+    tables = grocery_bench.convert(GROCERY, tmp_path, image_size=16, n_classes=5)
     classes = {c.fine: c for c in tables.classes}
     assert len(classes) == 5 and 0 in classes and 80 in classes  # evenly spaced: the first and the last class
     assert classes[0].name == "Golden-Delicious" and classes[0].coarse_name == "Apple"
@@ -59,10 +59,9 @@ def test_convert_a_few_classes(tmp_path):
 
 @needs_data
 def test_benchmark_end_to_end(tmp_path, capsys, monkeypatch):
-    import benchmarks.common
-
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)  # not into benchmarks/results
-    assert gb.main(["--classes", "6", "--epochs", "1", "--image-size", "16", "--config", str(TINY)]) == 0
+    assert grocery_bench.main(["--data-root", str(GROCERY), "--classes", "6", "--epochs", "1", "--image-size", "16",
+                               "--config", str(TINY)]) == 0
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     by_metric = {d["metric"]: d for d in lines}
     accuracies = [f"grocery_{level}_acc_{enc}{feat}" for level in ("coarse", "fine") for enc in ("offshelf", "stage1")

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embeddings import loss as L
+from embeddings.loss import (TEMP_MAX, TEMP_MIN, SoftTargets, clamp_temperature, itc_loss, itm_loss, pqc_loss,
+                             sample_hard_negatives)
 
 B, D, N, K = 5, 8, 3, 7
 TOL = 1e-5
@@ -84,7 +85,7 @@ def _ref_pqc(prod, pos, neg, temp, in_batch, mask=None, pos_ids=None, neg_ids=No
 
 def test_itc_matches_reference():
     img, txt = _feats(B, D, seed=1), _feats(B, D, seed=2)
-    out = L.itc_loss(_t(img), _t(txt), torch.tensor(0.07))
+    out = itc_loss(_t(img), _t(txt), torch.tensor(0.07))
     loss, l_i2t, l_t2i, s_i2t, s_t2i = _ref_itc(img, txt, 0.07)
     assert out.loss.item() == pytest.approx(loss, abs=TOL)
     assert out.loss_i2t.item() == pytest.approx(l_i2t, abs=TOL)
@@ -96,7 +97,7 @@ def test_itc_matches_reference():
 
 def test_itc_normalises_its_inputs():
     img, txt = _feats(B, D, seed=1), _feats(B, D, seed=2)
-    scaled = L.itc_loss(_t(img * 3.0), _t(txt * 0.2), 0.07)
+    scaled = itc_loss(_t(img * 3.0), _t(txt * 0.2), 0.07)
     assert scaled.loss.item() == pytest.approx(_ref_itc(img, txt, 0.07)[0], abs=TOL)
 
 
@@ -105,7 +106,7 @@ def test_itc_with_queue_matches_reference():
     # Batch rows of the "all" features come from momentum encoders: close to, not equal to, the online ones.
     img_all = np.concatenate([img + 0.1 * _feats(B, D, seed=5), _feats(K, D, seed=6)])
     txt_all = np.concatenate([txt + 0.1 * _feats(B, D, seed=7), _feats(K, D, seed=8)])
-    out = L.itc_loss(_t(img), _t(txt), torch.tensor(0.1), image_feat_all=_t(img_all), text_feat_all=_t(txt_all))
+    out = itc_loss(_t(img), _t(txt), torch.tensor(0.1), image_feat_all=_t(img_all), text_feat_all=_t(txt_all))
     loss, l_i2t, l_t2i, s_i2t, _ = _ref_itc(img, txt, 0.1, img_all, txt_all)
     assert out.sim_i2t.shape == out.sim_t2i.shape == (B, B + K)
     assert out.loss_i2t.item() == pytest.approx(l_i2t, abs=TOL)
@@ -118,7 +119,7 @@ def test_itc_with_queue_matches_reference():
 def test_itc_queue_needs_both_sides():
     img = _t(_feats(B, D))
     with pytest.raises(ValueError, match="both"):
-        L.itc_loss(img, img, 0.07, image_feat_all=img)
+        itc_loss(img, img, 0.07, image_feat_all=img)
 
 
 def test_itc_with_soft_targets_matches_reference():
@@ -127,16 +128,16 @@ def test_itc_with_soft_targets_matches_reference():
     txt_all = np.concatenate([txt, _feats(K, D, seed=12)])
     sim_i2t_m, sim_t2i_m = 3 * _feats(B, B + K, seed=13), 3 * _feats(B, B + K, seed=14)
     for alpha in (0.0, 0.4, 1.0):
-        out = L.itc_loss(_t(img), _t(txt), torch.tensor(0.07), image_feat_all=_t(img_all),
+        out = itc_loss(_t(img), _t(txt), torch.tensor(0.07), image_feat_all=_t(img_all),
                          text_feat_all=_t(txt_all),
-                         soft_targets=L.SoftTargets(_t(sim_i2t_m), _t(sim_t2i_m), alpha))
+                         soft_targets=SoftTargets(_t(sim_i2t_m), _t(sim_t2i_m), alpha))
         loss, l_i2t, l_t2i, _, _ = _ref_itc(img, txt, 0.07, img_all, txt_all, (sim_i2t_m, sim_t2i_m, alpha))
         assert out.loss_i2t.item() == pytest.approx(l_i2t, abs=TOL), alpha
         assert out.loss_t2i.item() == pytest.approx(l_t2i, abs=TOL), alpha
         assert out.loss.item() == pytest.approx(loss, abs=TOL), alpha
     # alpha = 0 is the hard-target loss; a plain tuple works like SoftTargets.
-    hard = L.itc_loss(_t(img), _t(txt), 0.07, image_feat_all=_t(img_all), text_feat_all=_t(txt_all))
-    zero = L.itc_loss(_t(img), _t(txt), 0.07, image_feat_all=_t(img_all), text_feat_all=_t(txt_all),
+    hard = itc_loss(_t(img), _t(txt), 0.07, image_feat_all=_t(img_all), text_feat_all=_t(txt_all))
+    zero = itc_loss(_t(img), _t(txt), 0.07, image_feat_all=_t(img_all), text_feat_all=_t(txt_all),
                       soft_targets=(_t(sim_i2t_m), _t(sim_t2i_m), 0.0))
     assert zero.loss.item() == pytest.approx(hard.loss.item(), abs=TOL)
 
@@ -144,15 +145,15 @@ def test_itc_with_soft_targets_matches_reference():
 def test_itc_soft_targets_send_no_gradient_to_the_teacher():
     img, txt = _t(_feats(B, D, seed=1)).requires_grad_(), _t(_feats(B, D, seed=2))
     sim_m = _t(_feats(B, B, seed=3)).requires_grad_()
-    L.itc_loss(img, txt, 0.07, soft_targets=(sim_m, sim_m, 0.4)).loss.backward()
+    itc_loss(img, txt, 0.07, soft_targets=(sim_m, sim_m, 0.4)).loss.backward()
     assert img.grad is not None and sim_m.grad is None
 
 
 def test_aligned_pairs_give_lower_itc_loss_than_shuffled():
     img = _feats(6, D, seed=20)
     txt = img + 0.1 * _feats(6, D, seed=21)
-    aligned = L.itc_loss(_t(img), _t(txt), 0.07).loss.item()
-    shuffled = L.itc_loss(_t(img), _t(np.roll(txt, 1, axis=0)), 0.07).loss.item()
+    aligned = itc_loss(_t(img), _t(txt), 0.07).loss.item()
+    shuffled = itc_loss(_t(img), _t(np.roll(txt, 1, axis=0)), 0.07).loss.item()
     assert aligned < 0.5 < math.log(6) < shuffled
 
 
@@ -161,7 +162,7 @@ def test_itc_gradients_reach_temperature_and_features():
     img = _t(_feats(B, D, seed=1)).requires_grad_()
     txt = _t(_feats(B, D, seed=2)).requires_grad_()
     queue = _t(_feats(K, D, seed=3))
-    out = L.itc_loss(img, txt, temp, image_feat_all=torch.cat([img.detach(), queue]),
+    out = itc_loss(img, txt, temp, image_feat_all=torch.cat([img.detach(), queue]),
                      text_feat_all=torch.cat([txt.detach(), queue]), soft_targets=(_t(_feats(B, B + K)),) * 2 + (0.4,))
     out.loss.backward()
     for g in (temp.grad, img.grad, txt.grad):
@@ -174,13 +175,13 @@ def test_itc_gradients_reach_temperature_and_features():
 def test_clamp_temperature_in_place_keeps_the_parameter_trainable():
     for start, expected in ((1.0, 0.5), (1e-5, 0.001), (0.07, 0.07)):
         temp = torch.nn.Parameter(torch.tensor(start))
-        same = L.clamp_temperature(temp)
+        same = clamp_temperature(temp)
         assert same is temp and temp.is_leaf and temp.requires_grad
         assert temp.item() == pytest.approx(expected)
-        L.itc_loss(_t(_feats(B, D, seed=1)), _t(_feats(B, D, seed=2)), temp).loss.backward()
+        itc_loss(_t(_feats(B, D, seed=1)), _t(_feats(B, D, seed=2)), temp).loss.backward()
         assert temp.grad is not None and temp.grad.item() != 0.0  # a gradient-cutting clamp would give 0
-    assert L.clamp_temperature(2.0) == 0.5 and L.clamp_temperature(0.0) == 0.001 and L.clamp_temperature(0.2) == 0.2
-    assert L.TEMP_MIN == 0.001 and L.TEMP_MAX == 0.5
+    assert clamp_temperature(2.0) == 0.5 and clamp_temperature(0.0) == 0.001 and clamp_temperature(0.2) == 0.2
+    assert TEMP_MIN == 0.001 and TEMP_MAX == 0.5
 
 
 # ----------------------------------------------------------------------------------------- hard negatives
@@ -201,7 +202,7 @@ def test_hard_negatives_never_return_the_positive_and_prefer_the_most_similar():
     hits_t = hits_i = 0
     rows = torch.arange(B)
     for _ in range(200):
-        neg_text, neg_image = L.sample_hard_negatives(sim_i2t, sim_t2i, generator=gen)
+        neg_text, neg_image = sample_hard_negatives(sim_i2t, sim_t2i, generator=gen)
         assert neg_text.shape == neg_image.shape == (B,) and neg_text.dtype == torch.long
         assert (neg_text != rows).all() and (neg_image != rows).all()
         hits_t += (neg_text == (rows + 1) % B).sum().item()
@@ -215,7 +216,7 @@ def test_hard_negatives_follow_softmax_of_similarity():
     counts = torch.zeros(4, 4)
     draws = 400
     for _ in range(draws):
-        neg_text, _ = L.sample_hard_negatives(sim, sim.T.contiguous(), generator=gen)
+        neg_text, _ = sample_hard_negatives(sim, sim.T.contiguous(), generator=gen)
         counts[torch.arange(4), neg_text] += 1
     expected = torch.softmax(sim.masked_fill(torch.eye(4, dtype=torch.bool), float("-inf")), dim=1)
     # Binomial sd <= 0.025 at 400 draws (and the seed is fixed); uniform sampling would be 0.33 off in row 0.
@@ -232,7 +233,7 @@ def test_hard_negatives_skip_pairs_marked_same_item():
     same_item[0, 2] = same_item[3, 1] = True
     gen = torch.Generator().manual_seed(2)
     for _ in range(200):
-        neg_text, neg_image = L.sample_hard_negatives(sim, sim.T.contiguous(), generator=gen, same_item=same_item)
+        neg_text, neg_image = sample_hard_negatives(sim, sim.T.contiguous(), generator=gen, same_item=same_item)
         assert neg_text[0] != 2 and neg_text[3] != 1  # image 0 never gets text 2, image 3 never text 1
         assert neg_image[2] != 0 and neg_image[1] != 3  # text 2 never gets image 0, text 1 never image 3
         assert (neg_text != torch.arange(B)).all() and (neg_image != torch.arange(B)).all()
@@ -240,8 +241,8 @@ def test_hard_negatives_skip_pairs_marked_same_item():
 
 def test_hard_negatives_are_reproducible_gradient_free_and_ignore_queue_columns():
     sim = _t(_feats(B, B + K, seed=30)).requires_grad_()
-    a = L.sample_hard_negatives(sim, sim, generator=torch.Generator().manual_seed(3))
-    b = L.sample_hard_negatives(sim, sim, generator=torch.Generator().manual_seed(3))
+    a = sample_hard_negatives(sim, sim, generator=torch.Generator().manual_seed(3))
+    b = sample_hard_negatives(sim, sim, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not a[0].requires_grad and not a[1].requires_grad
     assert (a[0] < B).all() and (a[1] < B).all()  # queue columns have no in-batch image/text to pair with
@@ -249,7 +250,7 @@ def test_hard_negatives_are_reproducible_gradient_free_and_ignore_queue_columns(
 
 def test_hard_negatives_refuse_rows_without_any_allowed_negative():
     with pytest.raises(ValueError, match="rows"):
-        L.sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), same_item=torch.ones(3, 3, dtype=torch.bool))
+        sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), same_item=torch.ones(3, 3, dtype=torch.bool))
 
 
 def test_hard_negatives_mix_in_a_uniform_share():
@@ -260,7 +261,7 @@ def test_hard_negatives_mix_in_a_uniform_share():
     counts = torch.zeros(4, 4)
     draws, u = 400, 0.5
     for _ in range(draws):
-        neg_text, _ = L.sample_hard_negatives(sim, sim.T.contiguous(), generator=gen, same_item=same_item,
+        neg_text, _ = sample_hard_negatives(sim, sim.T.contiguous(), generator=gen, same_item=same_item,
                                               uniform_share=u)
         counts[torch.arange(4), neg_text] += 1
     forbidden = torch.eye(4, dtype=torch.bool) | same_item
@@ -274,7 +275,7 @@ def test_hard_negatives_mix_in_a_uniform_share():
 
 def test_hard_negatives_refuse_a_uniform_share_outside_0_1():
     with pytest.raises(ValueError, match="uniform_share"):
-        L.sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), uniform_share=1.5)
+        sample_hard_negatives(torch.zeros(3, 3), torch.zeros(3, 3), uniform_share=1.5)
 
 
 def _train_itm_on_look_alike_world(uniform_share: float, steps: int = 200) -> tuple[float, float]:
@@ -295,8 +296,8 @@ def _train_itm_on_look_alike_world(uniform_share: float, steps: int = 200) -> tu
     pair = lambda img, txt: head(torch.cat([image[img], title[txt]], dim=1))  # [n, 2] logits
     rows, losses = torch.arange(G * M), []
     for _ in range(steps):
-        neg_text, neg_image = L.sample_hard_negatives(sim, sim, generator=gen, uniform_share=uniform_share)
-        out = L.itm_loss(pair(rows, rows), pair(torch.cat([rows, neg_image]), torch.cat([neg_text, rows])))
+        neg_text, neg_image = sample_hard_negatives(sim, sim, generator=gen, uniform_share=uniform_share)
+        out = itm_loss(pair(rows, rows), pair(torch.cat([rows, neg_image]), torch.cat([neg_text, rows])))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -332,7 +333,7 @@ def test_random_negative_share_lets_itm_learn_when_hard_negatives_look_alike():
 
 def test_itm_matches_reference():
     pos, neg = _feats(B, 2, seed=40), _feats(2 * B, 2, seed=41)
-    out = L.itm_loss(_t(pos), _t(neg))
+    out = itm_loss(_t(pos), _t(neg))
     logits = np.concatenate([pos, neg])
     labels = np.array([1] * B + [0] * 2 * B)
     ref = -np.mean([_log_softmax(logits)[r, labels[r]] for r in range(3 * B)])
@@ -345,12 +346,12 @@ def test_itm_matches_reference():
 def test_itm_class_one_means_match():
     pos = torch.tensor([[-3.0, 3.0]]).repeat(B, 1)
     neg = torch.tensor([[3.0, -3.0]]).repeat(2 * B, 1)
-    right = L.itm_loss(pos, neg)
+    right = itm_loss(pos, neg)
     assert right.accuracy.item() == 1.0 and right.loss.item() < 0.01
-    wrong = L.itm_loss(neg[:B], pos.repeat(2, 1))
+    wrong = itm_loss(neg[:B], pos.repeat(2, 1))
     assert wrong.accuracy.item() == 0.0 and wrong.loss.item() > 5.0
     # 1 of 3 rows wrong, hand-computed: accuracy 2/3, loss = (softplus(6) + 2 softplus(-6)) / 3.
-    mixed = L.itm_loss(torch.tensor([[3.0, -3.0]]), torch.tensor([[3.0, -3.0], [3.0, -3.0]]))
+    mixed = itm_loss(torch.tensor([[3.0, -3.0]]), torch.tensor([[3.0, -3.0], [3.0, -3.0]]))
     assert mixed.accuracy.item() == pytest.approx(2 / 3)
     assert mixed.loss.item() == pytest.approx((math.log1p(math.exp(6)) + 2 * math.log1p(math.exp(-6))) / 3, abs=TOL)
 
@@ -365,7 +366,7 @@ def _pqc_data(b=B, seed=50):
 @pytest.mark.parametrize("in_batch", [False, True])
 def test_pqc_matches_reference(in_batch):
     prod, pos, neg = _pqc_data()
-    out = L.pqc_loss(_t(prod), _t(pos), _t(neg), torch.tensor(0.1), in_batch_negatives=in_batch)
+    out = pqc_loss(_t(prod), _t(pos), _t(neg), torch.tensor(0.1), in_batch_negatives=in_batch)
     loss, acc = _ref_pqc(prod, pos, neg, 0.1, in_batch)
     assert out.loss.item() == pytest.approx(loss, abs=TOL)
     assert out.accuracy.item() == pytest.approx(acc, abs=TOL)
@@ -377,7 +378,7 @@ def test_pqc_in_batch_negatives_change_the_loss():
     own = _ref_pqc(prod, pos, neg, 0.1, in_batch=False)[0]
     both = _ref_pqc(prod, pos, neg, 0.1, in_batch=True)[0]
     assert both > own + 0.1  # so the two parametrised cases above test different denominators
-    only_in_batch = L.pqc_loss(_t(prod), _t(pos), None, 0.1)
+    only_in_batch = pqc_loss(_t(prod), _t(pos), None, 0.1)
     assert only_in_batch.loss.item() == pytest.approx(_ref_pqc(prod, pos, None, 0.1, True)[0], abs=TOL)
 
 
@@ -388,7 +389,7 @@ def test_pqc_neg_mask_ignores_padding(in_batch):
     mask[0, 1:] = False  # product 0 has one negative, product 3 none
     mask[3, :] = False
     neg[~mask] = 50.0 * prod[0]  # padding that would dominate (and be "hard" for product 0) if it were counted
-    out = L.pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, in_batch_negatives=in_batch, neg_mask=torch.tensor(mask))
+    out = pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, in_batch_negatives=in_batch, neg_mask=torch.tensor(mask))
     loss, acc = _ref_pqc(prod, pos, neg, 0.1, in_batch, mask=mask)
     assert out.loss.item() == pytest.approx(loss, abs=TOL)
     assert out.accuracy.item() == pytest.approx(acc, abs=TOL)
@@ -399,7 +400,7 @@ def test_pqc_duplicate_positive_queries_are_not_negatives_of_each_other():
     prod, pos, neg = _pqc_data(seed=70)
     ids = np.array([10, 11, 10, 12, 11])
     pos[2], pos[4] = pos[0], pos[1]  # rows 0 and 2 (and 1 and 4) share their positive query
-    out = L.pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, pos_query_ids=torch.tensor(ids))
+    out = pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, pos_query_ids=torch.tensor(ids))
     loss, acc = _ref_pqc(prod, pos, neg, 0.1, True, pos_ids=ids)
     assert out.loss.item() == pytest.approx(loss, abs=TOL)
     assert out.accuracy.item() == pytest.approx(acc, abs=TOL)
@@ -414,7 +415,7 @@ def test_pqc_explicit_negatives_equal_to_a_positive_query_are_dropped():
     neg[1, 0] = pos[0]
     mask = np.ones((B, N), dtype=bool)
     mask[4, 2] = False
-    out = L.pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, neg_mask=torch.tensor(mask),
+    out = pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, neg_mask=torch.tensor(mask),
                      pos_query_ids=torch.tensor(pos_ids), neg_query_ids=torch.tensor(neg_ids))
     loss, _ = _ref_pqc(prod, pos, neg, 0.1, True, mask=mask, pos_ids=pos_ids, neg_ids=neg_ids)
     assert out.loss.item() == pytest.approx(loss, abs=TOL)
@@ -427,7 +428,7 @@ def test_pqc_accuracy_counts_rows_whose_positive_wins():
     neg = np.zeros((4, 1, D))
     neg[:, 0, 5] = 1.0  # orthogonal to every product: the positives win ...
     neg[2, 0] = prod[2] * 2  # ... except row 2, whose negative is exactly its product (cosine 1)
-    out = L.pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, in_batch_negatives=False)
+    out = pqc_loss(_t(prod), _t(pos), _t(neg), 0.1, in_batch_negatives=False)
     assert out.accuracy.item() == pytest.approx(0.75)
 
 
@@ -435,8 +436,8 @@ def test_aligned_pairs_give_lower_pqc_loss_than_shuffled():
     prod = _feats(6, D, seed=90)
     pos = prod + 0.1 * _feats(6, D, seed=91)
     neg = _feats(6, N, D, seed=92)
-    aligned = L.pqc_loss(_t(prod), _t(pos), _t(neg), 0.07)
-    shuffled = L.pqc_loss(_t(prod), _t(np.roll(pos, 1, axis=0)), _t(neg), 0.07)
+    aligned = pqc_loss(_t(prod), _t(pos), _t(neg), 0.07)
+    shuffled = pqc_loss(_t(prod), _t(np.roll(pos, 1, axis=0)), _t(neg), 0.07)
     assert aligned.loss.item() < 0.5 < shuffled.loss.item()
     assert aligned.accuracy.item() == 1.0 and shuffled.accuracy.item() < 0.5
 
@@ -446,7 +447,7 @@ def test_pqc_gradients_reach_temperature_and_embeddings():
     temp = torch.nn.Parameter(torch.tensor(0.07))
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[0] = False
-    L.pqc_loss(prod, pos, neg, temp, neg_mask=mask).loss.backward()
+    pqc_loss(prod, pos, neg, temp, neg_mask=mask).loss.backward()
     for g in (temp.grad, prod.grad, pos.grad, neg.grad):
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
     assert torch.all(neg.grad[0] == 0)  # padding receives no gradient
@@ -455,4 +456,4 @@ def test_pqc_gradients_reach_temperature_and_embeddings():
 def test_pqc_without_any_negatives_is_an_error():
     prod, pos, _ = _pqc_data()
     with pytest.raises(ValueError, match="negatives"):
-        L.pqc_loss(_t(prod), _t(pos), None, 0.1, in_batch_negatives=False)
+        pqc_loss(_t(prod), _t(pos), None, 0.1, in_batch_negatives=False)

@@ -1,0 +1,166 @@
+"""DashCLIP checkpoints and resumable training state, safetensors and JSON only (no pickle), written atomically.
+
+A checkpoint folder holds model.safetensors and model_config.json (the ModelConfig, the resolved BlipConfig, a
+fingerprint of the parameter shapes and whatever the caller adds, e.g. the training history). A training run's
+state folder (<name>.state/) is a checkpoint plus train_state.safetensors: the optimizer moments
+("opt::<parameter>::<slot>"), the torch RNG ("rng::torch") and a stage's own tensors ("extra::<name>"), with the
+step, history and a fingerprint of the config in its JSON, so that a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BlipConfig, BlipForImageTextRetrieval
+
+from core.config import config_to_dict
+from core.files import staged_folder
+from embeddings.config import EmbeddingConfig, ModelConfig
+from embeddings.model import DashClip
+from embeddings.pretrained import architecture, blip_config, resolved_blip_config
+
+RUN_CONTROL = ("max_steps", "checkpoints", "checkpoint_every", "threads", "eval_every")  # a resume may change these
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A hash of parameter names and shapes: two models with the same fingerprint can exchange weights."""
+    spec = ";".join(f"{k}:{tuple(v.shape)}" for k, v in sorted(model.state_dict().items()))
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _first_difference(found: dict, wanted: dict) -> str | None:
+    for key, value in wanted.items():
+        if found.get(key) != value:
+            return f"{key}={found.get(key)!r}, the config asks for {key}={value!r}"
+    return None
+
+
+def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
+                    extra_tensors: dict[str, torch.Tensor] | None = None, extra_json: dict | None = None) -> Path:
+    """Write model.safetensors and model_config.json (cfg, the resolved BlipConfig, fingerprint, extra_json) into
+    path_dir, through core.files.staged_folder (complete or not at all). extra_tensors
+    (e.g. optimizer state) go to train_state.safetensors."""
+    if cfg.modalities != model.cfg.modalities:
+        raise ValueError(f"cfg.modalities={cfg.modalities!r} but the model was built with {model.cfg.modalities!r}")
+    if not cfg.from_blip_dir and (diff := _first_difference(architecture(model.blip_config),
+                                                            architecture(blip_config(cfg)))):
+        raise ValueError(f"cfg does not describe this model: the model has {diff}")
+    path = Path(path_dir)
+    with staged_folder(path) as tmp:
+        # clone: safetensors refuses tensors that share storage (tied weights, views)
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        if extra_tensors:
+            save_file({k: v.detach().clone().contiguous() for k, v in extra_tensors.items()},
+                      str(tmp / "train_state.safetensors"))
+        meta = {"model_config": asdict(cfg), "blip_config": model.blip_config.to_dict(),
+                "enc_token_id": model.enc_token_id, "fingerprint": fingerprint(model), **(extra_json or {})}
+        (tmp / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def read_checkpoint_meta(path_dir: str | Path) -> dict:
+    """The parsed model_config.json of a checkpoint directory."""
+    meta_file = Path(path_dir) / "model_config.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path_dir} is not a DashCLIP checkpoint (no model_config.json)")
+    return json.loads(meta_file.read_text())
+
+
+def load_checkpoint(path_dir: str | Path, expected_cfg: ModelConfig | None = None) -> tuple[DashClip, ModelConfig]:
+    """Rebuild the model a checkpoint was saved from and load its weights -> (model, the saved ModelConfig).
+
+    With expected_cfg, a checkpoint of another architecture (sizes resolved as build_model would, or another
+    modalities) raises ValueError naming the first differing key. product_input is not compared: stage 2 rebuilds
+    product_proj anyway. A weights file that does not match its config names the first differing parameter."""
+    path = Path(path_dir)
+    meta = read_checkpoint_meta(path)
+    known = {f.name for f in fields(ModelConfig)}
+    if unknown := sorted(set(meta["model_config"]) - known):
+        raise ValueError(f"checkpoint {path}: unknown ModelConfig key {unknown[0]!r}")
+    cfg = ModelConfig(**meta["model_config"])
+    saved_blip = BlipConfig.from_dict(meta["blip_config"])
+    if expected_cfg is not None:
+        found = {"modalities": cfg.modalities, **architecture(saved_blip)}
+        wanted = {"modalities": expected_cfg.modalities, **architecture(resolved_blip_config(expected_cfg))}
+        if diff := _first_difference(found, wanted):
+            raise ValueError(f"checkpoint {path} was saved with {diff}")
+    model = DashClip(cfg, BlipForImageTextRetrieval(saved_blip), meta["enc_token_id"])
+    state = load_file(str(path / "model.safetensors"))
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise ValueError(f"checkpoint {path} lacks parameter {name!r}")
+        if state[name].shape != tensor.shape:
+            raise ValueError(f"checkpoint {path}: parameter {name!r} has shape {tuple(state[name].shape)}, "
+                             f"the model expects {tuple(tensor.shape)}")
+    if extra := sorted(set(state) - set(own)):
+        raise ValueError(f"checkpoint {path} has parameter {extra[0]!r}, which the model lacks")
+    if meta.get("fingerprint") != fingerprint(model):
+        raise ValueError(f"checkpoint {path}: model_config.json's fingerprint does not match the rebuilt model")
+    model.load_state_dict(state, strict=True)
+    return model, cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resumable training state
+
+
+def train_fingerprint(cfg: EmbeddingConfig, stage: int, n_examples: int) -> str:
+    """What a resumed run must share with the interrupted one: the config (less run control) and the data size."""
+    relevant = {k: v for k, v in config_to_dict(cfg).items() if k not in RUN_CONTROL}
+    spec = json.dumps({"cfg": relevant, "stage": stage, "n": n_examples}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _optimizer_tensors(model: DashClip, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {p: n for n, p in model.named_parameters()}
+    out = {}
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            out[f"opt::{names[p]}::{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def save_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, counters: dict,
+                     extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Weights, optimizer moments, the torch RNG state and a stage's extra tensors; counters (JSON: step, history,
+    train_fingerprint, ...) go to model_config.json."""
+    tensors = {**_optimizer_tensors(model, opt), "rng::torch": torch.get_rng_state()}
+    if extra is not None:
+        tensors.update({f"extra::{k}": v for k, v in extra.items()})
+    return save_checkpoint(model, model.cfg, path_dir, extra_tensors=tensors, extra_json=counters)
+
+
+def load_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, train_fingerprint: str,
+                     stage: int) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Restore what save_train_state wrote into model, opt and the torch RNG -> (the JSON counters, the extra
+    tensors); None when path_dir holds no state. A state of another config or data (train_fingerprint differs)
+    raises ValueError."""
+    path = Path(path_dir)
+    if not (path / "model_config.json").is_file():
+        return None
+    meta = read_checkpoint_meta(path)
+    if meta.get("train_fingerprint") != train_fingerprint:
+        raise ValueError(f"{path} holds a stage-{stage} run of another config or data "
+                         f"(fingerprint {meta.get('train_fingerprint')} != {train_fingerprint}); delete it to "
+                         f"start over")
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    params = dict(model.named_parameters())
+    extra = {}
+    for key, value in load_file(str(path / "train_state.safetensors")).items():
+        kind, _, rest = key.partition("::")
+        if kind == "opt":
+            name, slot = rest.rsplit("::", 1)
+            opt.state[params[name]][slot] = value
+        elif kind == "rng":
+            torch.set_rng_state(value)
+        else:
+            extra[rest] = value
+    return meta, extra

@@ -1,0 +1,143 @@
+"""DashCLIP's whole config tree: `EmbeddingConfig` with the model (`ModelConfig`) and the two stages.
+
+Every knob of `python -m embeddings.train / evaluate` is a field here. YAML files hold overrides and `key=value`
+arguments override those (core.config.load_config); an unknown or mistyped key is an error naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from core.config import ConfigError
+
+MAX_POSITIONS = 512  # position embeddings of the text encoders (BERT's)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder sizes and initialisation. With init = a BLIP directory the sizes come from its config.json and the
+    size fields here are ignored (the resolved sizes are recorded in every checkpoint)."""
+
+    init: str = "minilm"  # "scratch" | "minilm" | path to a Hugging Face BLIP checkpoint directory
+    modalities: Literal["image_text", "text"] = "image_text"  # "text": a catalog without images
+    product_input: Literal["multimodal", "title", "image"] = "multimodal"  # what product_proj projects (ablations)
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 192
+    vision_layers: int = 3
+    vision_heads: int = 4
+    text_hidden: int = 384
+    text_layers: int = 2  # the first 2 of MiniLM's 6 layers: ~2x faster steps on 2 CPU cores than 4
+    text_heads: int = 12
+    text_intermediate: int = 1536
+    embed_dim: int = 256
+    max_title_len: int = 24
+    max_query_len: int = 16
+    temp_init: float = 0.07
+    enc_token_id: int = -1  # first token of image-grounded text; -1: the tokenizer's [CLS] (see encode_multimodal)
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
+        for hidden, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads")):
+            if getattr(self, hidden) % getattr(self, heads):
+                raise ValueError(f"{hidden}={getattr(self, hidden)} must be a multiple of {heads}={getattr(self, heads)}")
+        for key in ("max_title_len", "max_query_len"):
+            if not 2 <= getattr(self, key) <= MAX_POSITIONS:
+                raise ValueError(f"{key}={getattr(self, key)} must be in [2, {MAX_POSITIONS}]")
+        if not self.temp_init > 0:
+            raise ValueError(f"temp_init={self.temp_init} must be positive")
+
+    @property
+    def from_blip_dir(self) -> bool:
+        return self.init not in ("scratch", "minilm")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    itm: bool = True  # image-text matching with hard negatives, on top of ITC
+    # Share of ITM negatives drawn uniformly from the batch instead of by ITC similarity (0 = BLIP: all hard).
+    # Trained from scratch, the ITM head never leaves the constant P(match) = 1/3 on hard negatives alone (demo,
+    # 4 epochs: held-out AUC vs random negatives 0.63); half random ones give it easy mismatches to learn from
+    # (AUC 0.72, aisle accuracy unchanged). ITM stays weak either way (P(match) near 1/3 for all pairs).
+    itm_random_negatives: float = 0.5
+    momentum: float = 0.0  # BLIP: 0.995. > 0 keeps EMA copies of the unimodal encoders (needed by queue / alpha)
+    queue_size: int = 0  # BLIP: 57600. Momentum features of past batches as extra ITC candidates
+    alpha: float = 0.0  # BLIP: 0.4. Weight of the momentum encoders' soft ITC targets
+    # Also contrast the projected multimodal representation product_proj(C_i) with the product's own title and
+    # image features (InfoNCE, both directions): C_i becomes an embedding in the ITC space, and stage 2 starts from
+    # it instead of from a projection that never saw C_i. Off = plain BLIP (ITC + ITM).
+    product_itc: bool = True
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_steps: int = 20
+    init_from: Literal["stage1", "offshelf"] = "stage1"  # "offshelf": stage 2 alone, for the ablation
+    negatives: int = 3  # explicit negative queries per product
+    positive_labels: tuple[int, ...] = (2,)
+    negative_labels: tuple[int, ...] = (0, 1)
+    negative_weights: tuple[float, ...] = (0.75, 0.25)  # sampling ratio between the negative label types
+    in_batch_negatives: bool = True
+    train_product_encoder: bool = False  # False: product side frozen, product_proj trained (fast)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    name: str = "demo"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    weight_decay: float = 0.02
+    freeze_word_embeddings: bool = True  # the 30k-row vocabulary tables dominate the optimizer step otherwise
+    heldout_query_share: float = 0.2  # of the relevance queries, never trained on (stage 2)
+    heldout_product_share: float = 0.1  # of the products created in the training window, never trained on
+    skip_corrupt_images: bool = False  # drop (and report) products whose picture cannot be decoded
+    eval_every: int = 1  # epochs between validation passes (0: none)
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+    max_steps: int = 0  # stop after this many steps (0: no limit); the state folder stays for a resume
+    checkpoints: str = ""  # default: <data>/embeddings/checkpoints
+    threads: int = 1  # torch intra-op threads; 1 is fastest on small shared CPUs (0: torch's default)
+
+    def validate(self) -> None:
+        if not 0 <= self.heldout_query_share < 1 or not 0 <= self.heldout_product_share < 1:
+            raise ConfigError("EmbeddingConfig: 'heldout_query_share' and 'heldout_product_share' must be in [0, 1)")
+        if len(self.stage2.negative_labels) != len(self.stage2.negative_weights):
+            raise ConfigError("EmbeddingConfig: 'stage2.negative_weights' needs one weight per negative label")
+        if set(self.stage2.positive_labels) & set(self.stage2.negative_labels):
+            raise ConfigError("EmbeddingConfig: a label cannot be both positive and negative in stage2")
+        if min(self.stage2.negative_weights, default=1) < 0:
+            raise ConfigError("EmbeddingConfig: 'stage2.negative_weights' must be non-negative")
+        s1 = self.stage1
+        if not 0 <= s1.momentum < 1:
+            raise ConfigError("EmbeddingConfig: 'stage1.momentum' must be in [0, 1)")
+        if (s1.queue_size or s1.alpha) and not s1.momentum:
+            raise ConfigError("EmbeddingConfig: 'stage1.queue_size' and 'stage1.alpha' need 'stage1.momentum' > 0 "
+                              "(BLIP fills the queue and the soft targets from the momentum encoders)")
+        if not 0 <= s1.alpha <= 1:
+            raise ConfigError("EmbeddingConfig: 'stage1.alpha' must be in [0, 1]")
+        if not 0 <= s1.itm_random_negatives <= 1:
+            raise ConfigError("EmbeddingConfig: 'stage1.itm_random_negatives' must be in [0, 1]")
+        for key in ("stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size"):
+            stage, name = key.split(".")
+            if getattr(getattr(self, stage), name) < 1:
+                raise ConfigError(f"EmbeddingConfig: '{key}' must be at least 1")
+        if self.checkpoint_every < 1:
+            raise ConfigError("EmbeddingConfig: 'checkpoint_every' must be at least 1")
+
+
+def set_threads(threads: int) -> None:
+    """Apply the `threads` setting to torch (0 leaves torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
