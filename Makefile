@@ -31,8 +31,8 @@ demo: $(STAMP)
 	$(PY) -m feature_store materialize --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
 	$(PY) -m feature_store training-set --data $(DATA) --embeddings $(EMB) --config $(FSCFG)
 	$(PY) -m ranking.train --config experiments/configs/ranking/$(WORLD).yaml
-	$(PY) -m ranking.export --verify exports/dashclip_two_tower
-	$(PY) -m ranking.batch_score --model exports/dashclip_two_tower --input $(DATA)/training_sets/$(EMB)/test \
+	$(PY) -m ranking.serving.export --verify exports/dashclip_two_tower
+	$(PY) -m ranking.serving.batch_score --model exports/dashclip_two_tower --input $(DATA)/training_sets/$(EMB)/test \
 	    --output $(DATA)/scores/test.parquet
 
 test: $(STAMP)

@@ -4,10 +4,10 @@ the machine's measured matmul roof, and the input pipeline alone (it must delive
     python -m benchmarks.ranking_bench [--threads 2] [--rows 200000] [--steps 10] [--cross-ranks 0 64]
                                        [--optimizers lazy_adam sgd keras_adam]
 
-The data is an in-memory synthetic training set of DESIGN.md section 10's shape (26 int64 id features with
+The data is an in-memory synthetic training set of docs/design.md section 10's shape (26 int64 id features with
 100k-value vocabularies -> one fused 2.6M x 16 table, 13 dense features, three 256-d embeddings of 50k products,
 100k queries and 100k user histories), run through the
-project's own pipeline (`ranking.data.make_dataset`), models and training step (`PCTRModel.train_step`: Adam on
+project's own pipeline (`ranking.pipeline.make_dataset`), models and training step (`PCTRModel.train_step`: Adam on
 dense layers, row-sparse optimizer on the table). Results: one JSON line each, appended to
 benchmarks/results/ranking.jsonl (benchmark, metric, value, unit, config, git_sha).
 
@@ -28,17 +28,29 @@ overhead around fewer matmuls). Training runs with the project's TrainConfig (st
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.common import record
+from ranking.config import NetConfig, TrainConfig
+from ranking.fit import compile_model
+from ranking.models import build_model, matmul_flops_per_example
+from ranking.pipeline import make_dataset
+from ranking.preprocessing import Preprocessing
+from ranking.tf_legacy_keras import tf
+from ranking.training_set import Embeddings, FeatureSpec, Split, dense_features
+
+# after ranking.tf_legacy_keras, which starts TensorFlow with tf-keras
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 
 def _setup_threads(threads: int) -> None:
-    from ranking._tf import tf
-
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
@@ -46,8 +58,6 @@ def _setup_threads(threads: int) -> None:
 
 def matmul_roof(seconds: float = 3.0) -> float:
     """Best GFLOP/s of float32 matmuls (2048^3 and a model-like 4096x1024x1024) on the configured threads."""
-    from ranking._tf import tf
-
     best = 0.0
     for m, k, n in ((2048, 2048, 2048), (4096, 1024, 1024)):
         a, b = tf.random.normal([m, k]), tf.random.normal([k, n])
@@ -64,10 +74,6 @@ def matmul_roof(seconds: float = 3.0) -> float:
 def synthetic_data(rows: int, n_ids: int = 26, vocab: int = 100_000, n_dense: int = 13, dim: int = 256,
                    seed: int = 0):
     """(Split, FeatureSpec, Preprocessing-ready vocabularies) of the design's benchmark shape, in memory."""
-    import numpy as np
-
-    from ranking.data import Embeddings, FeatureSpec, Split
-
     rng = np.random.default_rng(seed)
     ids = tuple(f"id_{i}" for i in range(n_ids))
     dense = tuple(f"dense_{i}" for i in range(n_dense))
@@ -89,11 +95,6 @@ def synthetic_data(rows: int, n_ids: int = 26, vocab: int = 100_000, n_dense: in
 
 
 def _preprocessing(split, spec, vocabularies):
-    import numpy as np
-
-    from ranking.data import dense_features
-    from ranking.models import Preprocessing
-
     x = dense_features(split.columns, spec, 0.05, 20.0)
     return Preprocessing(vocabularies=vocabularies, oov_buckets=1, dense_names=spec.dense,
                          mean=[float(v) for v in x.mean(0)], std=[float(v) for v in x.std(0)], impute={},
@@ -107,8 +108,6 @@ def _best_and_median(rates: list[float]) -> tuple[float, float]:
 
 def input_rate(split, spec, batch: int, windows: int = 5, batches: int = 25) -> tuple[float, float]:
     """(best, median) examples/s of iterating the training pipeline, over `windows` windows."""
-    from ranking.data import make_dataset
-
     ds = make_dataset(split, spec, batch, shuffle=True).repeat()
     it = iter(ds)
     next(it)
@@ -125,12 +124,6 @@ def train_rates(kind: str, split, spec, prep, batch: int, steps: int, table_opti
     """(best and median fit examples/s over the pipeline, best step examples/s on a cached batch, matmul FLOPs
     per example, step_breakdown or None). Several windows, because other processes share these cores: the best
     window is the machine's capability, the median what a shared machine gave."""
-    from ranking._tf import tf
-    from ranking.config import NetConfig, TrainConfig
-    from ranking.data import make_dataset
-    from ranking.models import build_model, matmul_flops_per_example
-    from ranking.trainer import compile_model
-
     tf.keras.utils.set_random_seed(0)
     model = build_model(kind, spec, prep, NetConfig(cross_projection_dim=cross_rank))
     compile_model(model, TrainConfig(batch_size=batch, table_optimizer=table_optimizer))
@@ -170,12 +163,6 @@ def op_kind(op: str) -> str:
 def step_breakdown(model, batch, steps: int = 10) -> dict[str, float]:
     """Op time per training step by op_kind, in ms summed over TensorFlow's compute threads (with 2 inter-op
     threads two ops can overlap, so the sum can exceed the step's wall time), from the TF profiler's trace."""
-    import glob
-    import tempfile
-
-    from ranking._tf import tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
     step = tf.function(model.train_step)
     for _ in range(3):
         step(batch)["loss"].numpy()

@@ -1,5 +1,6 @@
 """Serving speed in one run: online scoring latency of one request of 200 candidates on one core, and batch scoring
-rows/s through the Beam pipeline (ranking.batch_score, in-process FnApiRunner) vs direct `serving_default` calls.
+rows/s through the Beam pipeline (ranking.serving.batch_score, in-process FnApiRunner) vs direct `serving_default`
+calls.
 
     python -m benchmarks.serving_bench [--rows 150000] [--requests 3000] [--candidates 200] [--batch-size 4096]
 
@@ -14,14 +15,17 @@ weights do not change the cost of a forward pass; the fit only makes the scores 
                                    child process pinned to the idlest CPU with 1 intra-op and 1 inter-op TF thread, over
                                    --requests requests after 200 warm-up requests (target p99 < 5 ms)
     online_signature_p50_ms        the serving_default call alone on pre-made tensors (the floor of the above)
-    beam_rows_per_s                `python -m ranking.batch_score` main() on --rows rows (the test split tiled):
-                                   pipeline construction, model load, parquet read, tf.Example encoding,
+    beam_rows_per_s                `python -m ranking.serving.batch_score` main() on --rows rows (the test split
+                                   tiled): pipeline construction, model load, parquet read, tf.Example encoding,
                                    RunInference, PredictionLog decoding and the parquet write, wall clock
     direct_rows_per_s              the same parquet read into numpy and scored with serving_default in batches of
                                    --batch-size (the same conversion code), wall clock; direct_score_rows_per_s: the
                                    signature calls alone
     beam_over_direct               beam_rows_per_s / direct_rows_per_s
 Results: one JSON line each, printed and appended to benchmarks/results/serving.jsonl.
+
+The ranking modules are imported inside the functions that use them: the latency child runs this same module and
+pins itself to one CPU before TensorFlow starts.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks.common import record
 
@@ -67,9 +73,7 @@ def train_and_export(tmp: Path) -> Path:
 
 def request_features(test_dir: Path, inputs: dict, n: int) -> dict[str, np.ndarray]:
     """n test rows as OnlineFeatures returns them: numpy with the training set's dtypes, [n, dim] embeddings."""
-    import pyarrow.parquet as pq
-
-    from ranking.batch_score import table_to_columns
+    from ranking.serving.tf_example import table_to_columns
 
     table = pq.read_table(test_dir).slice(0, n)
     cols = table_to_columns(table, inputs)  # strings come back as bytes, numbers in their stored dtypes
@@ -103,7 +107,7 @@ def latency_child(model_dir: str, test_dir: str, candidates: int, requests: int)
     """Runs in its own process: pinned to the idlest CPU, TF on one thread; prints one JSON line of ms."""
     cpu = idlest_cpu()
     os.sched_setaffinity(0, {cpu})
-    from ranking.online import OnlineRanker
+    from ranking.serving.online import OnlineRanker  # TensorFlow starts on the pinned CPU
 
     ranker = OnlineRanker(model_dir, single_thread=True)
     features = request_features(Path(test_dir), ranker.info["inputs"], candidates)
@@ -143,9 +147,6 @@ def online_latency(model_dir: Path, test_dir: Path, candidates: int, requests: i
 
 def bench_rows(test_dir: Path, rows: int, path: Path) -> Path:
     """The test split tiled to `rows` rows (fresh impression_ids), one parquet file in row groups of 16384."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     test = pq.read_table(test_dir)
     table = pa.concat_tables([test] * (rows // test.num_rows + 1)).slice(0, rows)
     table = table.set_column(table.schema.get_field_index("impression_id"), "impression_id",
@@ -156,11 +157,9 @@ def bench_rows(test_dir: Path, rows: int, path: Path) -> Path:
 
 def direct_scores(model_dir: Path, data: Path, batch_size: int) -> tuple[np.ndarray, float]:
     """(probability per row in file order, seconds of the signature calls alone)."""
-    import pyarrow.parquet as pq
-
-    from ranking._tf import tf
-    from ranking.batch_score import table_to_columns
-    from ranking.saved_model import read_model_info
+    from ranking.serving.contract import read_model_info
+    from ranking.serving.tf_example import table_to_columns
+    from ranking.tf_legacy_keras import tf
 
     inputs = read_model_info(model_dir)["inputs"]
     fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
@@ -177,14 +176,12 @@ def direct_scores(model_dir: Path, data: Path, batch_size: int) -> tuple[np.ndar
 
 
 def batch_throughput(model_dir: Path, data: Path, rows: int, batch_size: int, tmp: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from ranking.batch_score import main as batch_score
+    from ranking.serving.batch_score import main as batch_score
 
     output = tmp / "scores.parquet"
     started = time.perf_counter()
     assert batch_score(["--model", str(model_dir), "--input", str(data), "--output", str(output),
-                        "--batch-size", str(batch_size)]) == 0
+                        "--batch-size", str(batch_size), "--no-progress"]) == 0
     beam_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -2,7 +2,8 @@
 
     python -m benchmarks.serving_demo [--model exports/dashclip_two_tower] [--data data/demo] [--requests 300]
 
-    batch_rows, batch_max_abs_diff   `python -m ranking.batch_score` (Beam, tfx-bsl RunInference on serve_tf_example)
+    batch_rows, batch_max_abs_diff   `python -m ranking.serving.batch_score` (Beam, tfx-bsl RunInference on
+                                     serve_tf_example)
                                      over the whole test split: rows out == rows in, one per impression_id, and the
                                      largest difference to direct serving_default calls on the same rows
     keras_max_abs_diff               the SavedModel against the Keras model rebuilt from its MLflow run, whole test
@@ -20,15 +21,22 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import record
+from feature_store.online import OnlineFeatures
+from ranking.serving import batch_score
+from ranking.serving.contract import resolve_version_dir
+from ranking.serving.export import _client, rebuild_model, resolve_run
+from ranking.serving.online import OnlineRanker
+from ranking.serving.tf_example import check_columns, table_to_columns
+from ranking.tf_legacy_keras import tf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def read_inputs(folder: Path, inputs: dict) -> tuple[dict[str, np.ndarray], pa.Table]:
     """Every model input of a split folder as numpy ([n] or [n, dim], cast to the declared dtypes), plus the key
     columns as a table."""
-    from ranking.batch_score import table_to_columns
-    from ranking.examples import check_columns
-
     keys = ["impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id", "ts"]
     table = pa.concat_tables(pq.read_table(f, columns=sorted(set(inputs) | set(keys)))
                              for f in sorted(folder.glob("*.parquet")))
@@ -56,14 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--requests", type=int, default=300, help="online requests timed (after 20 warm-up)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-    from ranking import batch_score
-    from ranking._tf import tf
-    from ranking.export import _client, rebuild_model, resolve_run
-    from ranking.online import OnlineRanker
-    from ranking.saved_model import resolve_version_dir
-
     model_dir = resolve_version_dir(args.model)
     info_path = model_dir / "assets.extra" / "model_info.json"
     if not info_path.is_file():
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     keras_diff = float(np.abs(keras - direct).max())
 
     # Beam batch scoring of the whole split, joined back on impression_id.
-    with tempfile.TemporaryDirectory(prefix="serving-demo-") as tmp:
+    with TemporaryDirectory(prefix="serving-demo-") as tmp:
         out = Path(tmp) / "scores.parquet"
         started = time.perf_counter()
         if batch_score.main(["--model", str(model_dir), "--input", str(test_dir), "--output", str(out)]) != 0:
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_diff = float(np.abs(scored.column("probability").to_numpy() - direct[where]).max())
 
     # The online path: real test requests, features from the Feast online store.
-    ranker = OnlineRanker(model_dir, data_dir=args.data, embedding_version=info["embedding_version"])
+    ranker = OnlineRanker(model_dir, features=OnlineFeatures(args.data, info["embedding_version"]))
     requests = keys.column("request_id").to_numpy()
     starts = np.flatnonzero(np.r_[True, requests[1:] != requests[:-1]])
     bounds = list(zip(starts, np.r_[starts[1:], n]))[: args.requests + 20]

@@ -11,42 +11,12 @@ Each is `fit(data, seed)` then `predict(split)` -> P(click) as float64. No Tenso
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import pandas as pd
+from scipy import sparse
 
-from ranking.data import FeatureSpec, Split, TrainingSet, dense_features
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    prior_strength: float = 50.0  # historical_ctr: pseudo-impressions pulling each CTR to its parent's
-    ctr_hierarchy: tuple[str, ...] = ("ad_id", "product_id")  # finest first; each backs off to the next
-    ctr_factors: tuple[str, ...] = ("query_id", "position")  # independent CTR ratios multiplied in
-    lr_hash_bits: int = 20
-    lr_crosses: tuple[tuple[str, str], ...] = (("query_id", "product_id"), ("query_id", "aisle"),
-                                                ("position", "product_id"))
-    lr_c: float = 1.0
-    lr_max_iter: int = 30  # saga epochs (lbfgs is 50x slower on 2^20 hashed columns)
-    gbdt_rounds: int = 400
-    gbdt_learning_rate: float = 0.05
-    gbdt_leaves: int = 63
-    gbdt_min_data_in_leaf: int = 100
-    gbdt_early_stopping: int = 30
-    gbdt_categorical: tuple[str, ...] = ("position", "device", "aisle", "brand", "store_id", "campaign_id",
-                                         "advertiser_id")
-    threads: int = 1  # LightGBM threads; OpenMP spin-waits collapse on a shared 2-core machine, so 1 by default
-
-    def validate(self) -> None:
-        from core.config import ConfigError
-
-        if self.prior_strength <= 0:
-            raise ConfigError("baselines.prior_strength must be > 0")
-        if not 10 <= self.lr_hash_bits <= 26:
-            raise ConfigError("baselines.lr_hash_bits must lie in [10, 26]")
-
-
-BASELINES = ("base_rate", "historical_ctr", "logistic_regression", "gbdt")
+from ranking.config import BaselineConfig
+from ranking.training_set import FeatureSpec, Split, TrainingSet, dense_features
 
 
 def required_columns(name: str, cfg: BaselineConfig) -> tuple[str, ...]:
@@ -68,6 +38,17 @@ def _need(columns: tuple[str, ...], split: Split, who: str) -> None:
     if missing:
         raise ValueError(f"{who}: the config names column(s) the model inputs do not include: {', '.join(missing)} "
                          f"(add them to features.id_features)")
+
+
+def _n_dense(spec: FeatureSpec) -> int:
+    """Columns of dense_features: the dense features, then one CTR logit per count pair."""
+    return len(spec.dense) + len(spec.ctr_pairs)
+
+
+def _some_features(n: int, who: str) -> None:
+    if n == 0:
+        raise ValueError(f"{who}: no features to fit on (no id, dense or count feature in the model inputs, and "
+                         f"none of its own); add some to features.id_features or features.dense_features")
 
 
 class BaseRate:
@@ -124,20 +105,22 @@ class HistoricalCTR:
 
 
 def _hash(values: np.ndarray) -> np.ndarray:
-    import pandas as pd
-
     return pd.util.hash_array(np.asarray(values), categorize=True)  # uint64, stable across runs
 
 
 class HashedLogisticRegression:
-    """P(click) = sigmoid(w . x): x = one-hot hashed ids and id crosses (2^bits columns) + standardised dense."""
+    """P(click) = sigmoid(w . x): x = one-hot hashed ids and id crosses (2^bits columns) + standardised dense.
+
+    Each dense column is standardised on train and divided by sqrt(D), so a row's D dense values weigh about as
+    much as one of its hashed ids. saga's step size follows the largest squared row norm: with unit-variance dense
+    columns that norm was dominated by a few outlying rows, and saga needed about 150 epochs to converge instead
+    of about 50 (the solution is the same: L2 at C=1 hardly binds on thousands of rows).
+    """
 
     def __init__(self, cfg: BaselineConfig):
         self.cfg = cfg
 
     def _design(self, split: Split):
-        from scipy import sparse
-
         n, buckets = len(split), np.uint64(1 << self.cfg.lr_hash_bits)
         cols = []
         for i, name in enumerate(self.spec.ids):
@@ -149,7 +132,7 @@ class HashedLogisticRegression:
                 h = _hash(split.columns[a]) * np.uint64(1000003) ^ _hash(split.columns[b])
             cols.append((h ^ salt) % buckets)
         hashed = np.stack(cols, axis=1).astype(np.int64) if cols else np.zeros((n, 0), np.int64)  # [n, K]
-        dense = (dense_features(split.columns, self.spec, self.base, self.prior) - self.mean) / self.std  # [n, D]
+        dense = (dense_features(split.columns, self.spec, self.base, self.prior) - self.mean) / self.scale  # [n, D]
         k, d = hashed.shape[1], dense.shape[1]
         indices = np.concatenate([hashed, int(buckets) + np.broadcast_to(np.arange(d), (n, d))], axis=1)
         values = np.concatenate([np.ones((n, k)), dense], axis=1)
@@ -157,15 +140,17 @@ class HashedLogisticRegression:
         return sparse.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, int(buckets) + d))
 
     def fit(self, data: TrainingSet, seed: int = 0) -> "HashedLogisticRegression":
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression  # scikit-learn only in runs that fit this baseline
 
         train = data["train"]
         self.spec: FeatureSpec = data.spec
         for a, b in self.cfg.lr_crosses:
             _need((a, b), train, "logistic_regression cross")
+        _some_features(len(self.spec.ids) + len(self.cfg.lr_crosses) + _n_dense(self.spec), "logistic_regression")
         self.base, self.prior = float(train.labels.mean()), 20.0
         x = dense_features(train.columns, self.spec, self.base, self.prior)
-        self.mean, self.std = x.mean(axis=0), np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
+        std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
+        self.mean, self.scale = x.mean(axis=0), std * np.sqrt(max(x.shape[1], 1))
         self.model = LogisticRegression(C=self.cfg.lr_c, solver="saga", tol=1e-3, max_iter=self.cfg.lr_max_iter,
                                         random_state=seed)
         self.model.fit(self._design(train), train.labels)
@@ -192,14 +177,15 @@ class GBDT:
         return np.concatenate([dense] + [c[:, None] for c in cats], axis=1) if cats else dense
 
     def fit(self, data: TrainingSet, seed: int = 0) -> "GBDT":
-        import lightgbm as lgb
+        import lightgbm as lgb  # LightGBM only in runs that fit this baseline
 
         train, valid = data["train"], data["valid"]
         self.spec: FeatureSpec = data.spec
         self.base = float(train.labels.mean())
         self.categorical = [c for c in self.cfg.gbdt_categorical if c in train.columns]
         self.vocab = {c: np.unique(train.columns[c]) for c in self.categorical}
-        n_dense = len(self.spec.dense) + len(self.spec.ctr_pairs)
+        n_dense = _n_dense(self.spec)
+        _some_features(n_dense + len(self.categorical), "gbdt")
         params = {"objective": "binary", "learning_rate": self.cfg.gbdt_learning_rate,
                   "num_leaves": self.cfg.gbdt_leaves, "min_data_in_leaf": self.cfg.gbdt_min_data_in_leaf,
                   "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1, "seed": seed,

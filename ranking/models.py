@@ -1,12 +1,13 @@
-"""The pCTR models, top to bottom: preprocessing fitted on train, tower A (DCN), tower B (DashCLIP), the heads.
+"""The pCTR models, top to bottom: the feature encoder, tower A (DCN), tower B (DashCLIP), the heads.
 
     dcn                            tower A alone: the production ranker
-    dashclip_two_tower             tower A + tower B -> concat -> FC layers -> sigmoid (DESIGN.md section 6)
+    dashclip_two_tower             tower A + tower B -> concat -> FC layers -> sigmoid (docs/design.md, section 6)
     dashclip_two_tower_no_history  the same without the purchase-history embedding and cos(p, history)
     dcn_dashclip_concat            one tower: tower B's features concatenated into the DCN input
 
 Inputs are raw named features (ids as int64 or strings, dense float32, embeddings float32 [B, E]); vocabularies
-and normalisation live inside the model, so a SavedModel serves raw values:
+and normalisation (ranking/preprocessing.py, fitted on train) live inside the model, so a SavedModel serves raw
+values:
 
     ids   [B] x F   --lookup (train vocab, OOV buckets; id dropout to OOV when training) + offset-->
                     fused ids [B, F]  --gather-->  [B, F, d]
@@ -15,79 +16,27 @@ and normalisation live inside the model, so a SavedModel serves raw values:
     tower B:  embed_p = P(product), embed_q = Q(query), embed_h = P(history)     (P shared: history is a mean of
               product embeddings, so it lives in the product space), cos(p, q), cos(p, h) on the raw vectors
     head:     concat(tower A, tower B) -> FC layers -> logit [B];   P(click) = sigmoid(a * logit + b)
-              (a, b: Platt calibration on the validation split after training, ranking/trainer.py)
+              (a, b: Platt calibration on the validation split after training, ranking/fit.py)
 
 All id features share ONE embedding table (each feature owns a row range): one gather per batch and one sparse
 update per step. The training step updates that table row-sparsely (ranking/sparse_optim.py) while the dense
-layers use Adam; with Keras's optimizers the full-table update dominated the step (DESIGN.md section 10).
+layers use Adam; with Keras's optimizers the full-table update dominated the step (docs/design.md, section 10).
 Loss and metrics go through a `tfrs.tasks.Ranking` task.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from ranking._tf import tf, tfrs
 from ranking.config import MODEL_KINDS, NetConfig
-from ranking.data import FeatureConfig, FeatureSpec, Split, dense_features
+from ranking.preprocessing import Preprocessing
+from ranking.tf_legacy_keras import tf, tfrs
+from ranking.training_set import FeatureSpec
 
 # ---------------------------------------------------------------------------------------------------------------
-# 1. Preprocessing statistics, fitted on the train split only (numpy); the layers below apply them in-graph.
-
-
-@dataclass
-class Preprocessing:
-    """Vocabularies and dense-feature statistics from the train split: everything the encoder needs."""
-
-    vocabularies: dict[str, list]  # id feature -> its train values (most frequent first); others are OOV
-    oov_buckets: int
-    dense_names: tuple[str, ...]  # encoder output columns: spec.dense then the CTR logits
-    mean: list[float]  # of each dense_names column after impute / log1p / CTR
-    std: list[float]
-    impute: dict[str, float]  # raw-unit train means filled into NaNs (empty: nan_policy=fail, NaN passes)
-    base_rate: float
-    ctr_prior_strength: float
-    clip: float  # standardised values are clipped to [-clip, clip]
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-
-def fit_preprocessing(train: Split, spec: FeatureSpec, fc: FeatureConfig, impute: dict[str, float]) -> Preprocessing:
-    """Vocabularies (ids seen >= min_id_count times, at most max_vocab) and dense means/stds, from train."""
-    vocabularies = {}
-    for name in spec.ids:
-        values, counts = np.unique(train.columns[name], return_counts=True)
-        order = np.argsort(-counts, kind="stable")
-        keep = order[counts[order] >= fc.min_id_count][: fc.max_vocab]
-        if keep.size == 0:
-            keep = order[:1]
-        kept = values[keep]
-        if name in spec.str_ids:
-            vocabularies[name] = [v.decode("utf-8") for v in kept.tolist()]
-        else:
-            vocabularies[name] = [int(v) for v in kept if v != -1]  # -1 is IntegerLookup's OOV token
-    base_rate = float(train.labels.mean())
-    x = dense_features(train.columns, spec, base_rate, fc.ctr_prior_strength)
-    std = x.std(axis=0)
-    return Preprocessing(
-        vocabularies=vocabularies,
-        oov_buckets=fc.oov_buckets,
-        dense_names=spec.dense + tuple(name for name, _, _ in spec.ctr_pairs),
-        mean=[float(v) for v in x.mean(axis=0)],
-        std=[float(v) if v > 1e-6 else 1.0 for v in std],
-        impute=dict(impute) if fc.nan_policy == "impute" else {},
-        base_rate=base_rate,
-        ctr_prior_strength=fc.ctr_prior_strength,
-        clip=fc.dense_clip,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# 2. Layers: raw features -> fused ids and normalised dense; the id table; tower A; tower B.
+# 1. Layers: raw features -> fused ids and normalised dense; the id table; tower A; tower B.
 
 
 class FeatureEncoder(tf.keras.layers.Layer):
@@ -219,7 +168,7 @@ class DashClipTower(tf.keras.layers.Layer):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3. The model: wires the towers; the Ranking task owns loss and metrics; train_step updates the table sparsely.
+# 2. The model: wires the towers; the Ranking task owns loss and metrics; train_step updates the table sparsely.
 
 
 class PCTRModel(tfrs.models.Model):
@@ -250,7 +199,7 @@ class PCTRModel(tfrs.models.Model):
         # logit -> a * logit + b at inference, fitted on the validation split after training (identity before).
         self.calibration = tf.Variable([1.0, 0.0], trainable=False, name="calibration")
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")  # the epoch's mean loss (Keras resets it per epoch)
-        self.table_optimizer = None  # set by ranking.trainer.compile_model
+        self.table_optimizer = None  # set by ranking.fit.compile_model
 
     def forward(self, inputs, training=False):
         """(logits [B], the id-embedding rows used [B, F, d])."""

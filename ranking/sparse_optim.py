@@ -1,4 +1,4 @@
-"""Row-sparse optimizers for the fused id-embedding table (DESIGN.md section 10).
+"""Row-sparse optimizers for the fused id-embedding table (docs/design.md, section 10).
 
 Keras optimizers (Adam, even plain SGD) sweep every row of an embedding table on every step. With a 100k-row
 table that sweep costs more than the model's matmuls. The gradient of `tf.gather(table, ids)` is an
@@ -14,7 +14,7 @@ up front, so `tf.train.Checkpoint` restores them directly.
 
 from __future__ import annotations
 
-from ranking._tf import tf
+from ranking.tf_legacy_keras import tf
 
 KINDS = ("lazy_adam", "adagrad", "sgd")
 

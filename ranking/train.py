@@ -15,7 +15,7 @@ cold-start curve, the gain against how many impressions the feature store had se
 The parent holds the resolved config, the data and embedding versions, and the comparison and gains tables (also
 printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNNING. At the end the model named
 by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`), reloaded and checked to give
-the same predictions.
+the same predictions (ranking/serving/contract.py).
 
 Every input check (missing feature, NaN policy, embedding width, empty split, unknown config key) runs before
 the first run is opened. MLflow: `sqlite:///mlruns/mlflow.db` unless MLFLOW_TRACKING_URI says otherwise;
@@ -27,83 +27,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.entities import Metric
 
-from core.config import ConfigError, add_config_args, config_to_dict, load_config
 from core import metrics
-from ranking.baselines import BASELINES, BaselineConfig, make_baseline, required_columns
-from ranking.config import MODEL_KINDS, NetConfig, TrainConfig
-from ranking.data import FeatureConfig, TrainingSet, TrainingSetError, load_training_set, resolve_training_set
-from ranking.evaluation import (HEADLINE, SLICE_NAMES, SLICE_PATTERN, SliceConfig, calibration_figure,
-                                comparison_table, expand_slices, fit_calibration, gains_figure, gains_table,
-                                load_oracle, logit, roc_figure, sigmoid, slice_masks, split_metrics)
+from core.config import ConfigError, add_config_args, config_to_dict, load_config
+from core.tracking import flatten, setup_mlflow, tracking_uri
+from ranking.baselines import make_baseline, required_columns
+from ranking.calibration import fit_calibration, logit, sigmoid
+from ranking.config import MODEL_KINDS, NEURAL, RankingConfig
+from ranking.preprocessing import Preprocessing, fit_preprocessing
+from ranking.report import (HEADLINE, calibration_figure, close_figures, comparison_table, gains_figure, gains_table,
+                            load_oracle, roc_figure, split_metrics)
+from ranking.slices import expand_slices, slice_masks
+from ranking.training_set import TrainingSet, TrainingSetError, load_training_set, resolve_training_set
 
-EXPERIMENT = "pctr-ranking"
-NEURAL = tuple(MODEL_KINDS)
 DETERMINISTIC = ("base_rate", "historical_ctr")  # fitted once whatever `seeds` says
-KNOWN_MODELS = BASELINES + NEURAL
 TABLE_COLUMNS = ["test/auc", "test/logloss", "test/ne", "test/calibration", "test/gauc_request", "test/gauc_user",
                  "test/rela_impr_vs_dcn", "test/oracle_gap_closed", "test/auc/query_tail", "test/auc/product_new",
                  "test/auc/product_cold", "test/auc/user_history", "fit_seconds"]
-
-
-@dataclass(frozen=True)
-class RankingConfig:
-    """`python -m ranking.train`: one experiment. YAML files hold overrides of these defaults."""
-
-    name: str = "demo"  # the parent run's name
-    data: str = "data/demo"  # data/<name>/: training_sets/, hidden/ (the oracle, when the world has one)
-    embedding_version: str = ""  # "" = the only training set under <data>/training_sets/
-    training_set: str = ""  # an explicit training-set folder (overrides data + embedding_version)
-    models: tuple[str, ...] = ("base_rate", "historical_ctr", "logistic_regression", "gbdt", "dcn",
-                               "dashclip_two_tower")
-    seeds: int = 1  # each model trained with seeds seed, seed+1, ...; mean and std reported
-    seed: int = 0
-    max_rows: int = 0  # > 0: a random sample of this many rows per split (quick experiments)
-    eval_train_rows: int = 200_000  # train-split metrics on a sample of this many rows (0 = all)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    net: NetConfig = field(default_factory=NetConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    slices: SliceConfig = field(default_factory=SliceConfig)
-    rela_impr_baselines: tuple[str, ...] = ("dcn", "historical_ctr")  # <split>/rela_impr_vs_<name>
-    # The production model every other is measured against: test/oracle_gap_closed (share of its gap to the
-    # oracle closed) and test/auc_gain_vs_<baseline>[/<slice>] (mean ± std over paired seeds, and a paired
-    # request-bootstrap 95% interval on seed 0's test scores: _ci_low / _ci_high; bootstrap_samples 0 = none).
-    baseline: str = "dcn"
-    gain_slices: tuple[str, ...] = ("query_tail", "product_new", "user_history", "product_history")
-    bootstrap_samples: int = 200
-    export_model: str | None = "dashclip_two_tower"  # "" or null = export nothing
-    export_dir: str = "exports"
-    checkpoint_dir: str = ""  # "" = <data>/checkpoints/ranking; then <name>/<model>/seed<k>/
-    experiment: str = EXPERIMENT
-    threads: int = 0  # TensorFlow intra-op threads (0 = all cores)
-    plots: bool = True
-
-    def validate(self) -> None:
-        unknown = [m for m in self.models if m not in KNOWN_MODELS]
-        if unknown:
-            raise ConfigError(f"models: unknown model(s) {', '.join(unknown)} (known: {', '.join(KNOWN_MODELS)})")
-        if not self.models or len(set(self.models)) != len(self.models):
-            raise ConfigError("models: list each model once, at least one")
-        if self.seeds < 1:
-            raise ConfigError("seeds must be >= 1")
-        if self.export_model and self.export_model not in self.models:
-            raise ConfigError(f"export_model '{self.export_model}' is not among models {list(self.models)}")
-        unknown = [s for s in self.gain_slices if not re.fullmatch(SLICE_PATTERN, s)]
-        if unknown:
-            raise ConfigError(f"gain_slices: unknown slice(s) {', '.join(unknown)} (known: {SLICE_NAMES})")
-        if self.bootstrap_samples < 0:
-            raise ConfigError("bootstrap_samples must be >= 0 (0 = no intervals)")
-        if self.export_model and self.export_model not in NEURAL:
-            raise ConfigError(f"export_model '{self.export_model}' is a baseline; only neural models export")
 
 
 @dataclass
@@ -134,8 +85,9 @@ def _checkpoint_root(cfg: RankingConfig) -> Path:
     return Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(cfg.data) / "checkpoints" / "ranking"
 
 
-class _Context:
-    """What every model run shares: the data, train-only preprocessing, slices, the oracle."""
+class SharedInputs:
+    """What every model run of one experiment shares: the data, a train sample for train metrics, the slices, the
+    oracle and the train-only preprocessing of the neural models."""
 
     def __init__(self, cfg: RankingConfig, data: TrainingSet):
         self.cfg, self.data = cfg, data
@@ -148,10 +100,8 @@ class _Context:
         self.oracle = load_oracle(_data_dir(cfg, data), data["test"].columns["impression_id"])
         self._prep = None
 
-    def preprocessing(self):
+    def preprocessing(self) -> Preprocessing:
         if self._prep is None:
-            from ranking.models import fit_preprocessing
-
             self._prep = fit_preprocessing(self.data["train"], self.data.spec, self.cfg.features,
                                            self.data.impute_values)
         return self._prep
@@ -176,34 +126,33 @@ def _data_dir(cfg: RankingConfig, data: TrainingSet) -> Path:
     return Path(cfg.data)
 
 
-def _fit_baseline(name: str, seed: int, ctx: _Context):
+def _fit_baseline(name: str, seed: int, shared: SharedInputs):
     """Fit on train; then, like the neural models, Platt-calibrate on valid (base_rate stays the train CTR)."""
     started = time.perf_counter()
-    model = make_baseline(name, ctx.cfg.baselines).fit(ctx.data, seed)
+    model = make_baseline(name, shared.cfg.baselines).fit(shared.data, seed)
     a, b = 1.0, 0.0
-    kind = ctx.cfg.train.calibration
+    kind = shared.cfg.train.calibration
     if kind != "none" and name != "base_rate":
-        a, b = fit_calibration(logit(model.predict(ctx.data["valid"])), ctx.data["valid"].labels, kind)
+        a, b = fit_calibration(logit(model.predict(shared.data["valid"])), shared.data["valid"].labels, kind)
     seconds = time.perf_counter() - started
 
     def predict(split):
         return sigmoid(a * logit(model.predict(split)) + b)
 
-    values, test_scores = ctx.evaluate(predict)
+    values, test_scores = shared.evaluate(predict)
     values.update({"fit_seconds": seconds, "calibration_a": a, "calibration_b": b})
     return values, test_scores, None
 
 
-def _fit_neural(name: str, seed: int, ctx: _Context):
-    import mlflow
-
-    from ranking._tf import tf
+def _fit_neural(name: str, seed: int, shared: SharedInputs):
+    # TensorFlow only in runs that train a neural model: a baselines-only run never imports it.
+    from ranking.fit import compile_model, fit_model, predict
     from ranking.models import build_model, matmul_flops_per_example
-    from ranking.trainer import compile_model, fit_model, predict
+    from ranking.tf_legacy_keras import tf
 
-    cfg = ctx.cfg
+    cfg = shared.cfg
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(name, ctx.data.spec, ctx.preprocessing(), cfg.net)
+    model = build_model(name, shared.data.spec, shared.preprocessing(), cfg.net)
     compile_model(model, cfg.train)
 
     def on_epoch(epoch: int, row: dict) -> None:
@@ -213,11 +162,12 @@ def _fit_neural(name: str, seed: int, ctx: _Context):
               f"{row['epoch/train_examples_per_s']:.0f} examples/s", flush=True)
 
     ckpt = _checkpoint_root(cfg) / cfg.name / name / f"seed{seed}"
-    fit = fit_model(model, ctx.data, cfg.train, seed, ckpt, on_epoch)
+    fit = fit_model(model, shared.data, cfg.train, seed, ckpt, on_epoch)
     if fit.resumed_from:
         print(f"  [{name} seed {seed}] resumed from the checkpoint after epoch {fit.resumed_from} ({ckpt})")
         mlflow.set_tag("resumed_from_epoch", fit.resumed_from)
-    values, test_scores = ctx.evaluate(lambda split: predict(model, split, ctx.data.spec, cfg.train.eval_batch_size))
+    values, test_scores = shared.evaluate(
+        lambda split: predict(model, split, shared.data.spec, cfg.train.eval_batch_size))
     values.update({"fit_seconds": fit.seconds, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                    "calibration_a": fit.calibration[0], "calibration_b": fit.calibration[1],
                    "matmul_mflop_per_example": matmul_flops_per_example(model) / 1e6})
@@ -240,18 +190,14 @@ def _aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _run_model(name: str, ctx: _Context) -> ModelResult:
-    import mlflow
-
-    cfg = ctx.cfg
+def _run_model(name: str, shared: SharedInputs) -> ModelResult:
+    cfg = shared.cfg
     neural = name in NEURAL
     tags = {"model": name, "family": "neural" if neural else "baseline"}
     with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
         seeds = 1 if name in DETERMINISTIC else cfg.seeds
         params = {"model": name, "seeds": seeds, "seed": cfg.seed}
         if neural:
-            from core.tracking import flatten
-
             params.update(flatten(config_to_dict(cfg.net), "net."))
             params.update(flatten(config_to_dict(cfg.train), "train."))
             params.update({"content": MODEL_KINDS[name]["content"], "history": MODEL_KINDS[name]["history"]})
@@ -264,7 +210,7 @@ def _run_model(name: str, ctx: _Context) -> ModelResult:
                                        tags={"parent_model": name, "seed": str(seed)})
                       if seeds > 1 else contextlib.nullcontext())
             with nested:
-                values, scores, model = (_fit_neural if neural else _fit_baseline)(name, seed, ctx)
+                values, scores, model = (_fit_neural if neural else _fit_baseline)(name, seed, shared)
                 if seeds > 1:
                     mlflow.log_metrics(values)
             per_seed.append(values)
@@ -274,21 +220,19 @@ def _run_model(name: str, ctx: _Context) -> ModelResult:
         if neural:  # what a later export needs to rebuild the seed-0 model: build_model + restore_final
             final = _checkpoint_root(cfg) / cfg.name / name / f"seed{cfg.seed}" / "final"
             mlflow.set_tag("checkpoint", str(final.resolve()))
-            mlflow.log_dict({"kind": name, "feature_spec": ctx.data.spec.to_dict(), "net": config_to_dict(cfg.net),
-                             "preprocessing": ctx.preprocessing().to_dict()}, "model_build.json")
+            mlflow.log_dict({"kind": name, "feature_spec": shared.data.spec.to_dict(), "net": config_to_dict(cfg.net),
+                             "preprocessing": shared.preprocessing().to_dict()}, "model_build.json")
         summary = _aggregate(per_seed)
-        if ctx.oracle is not None:
-            summary["test/oracle_auc"] = metrics.auc(ctx.data["test"].labels, ctx.oracle)
+        if shared.oracle is not None:
+            summary["test/oracle_auc"] = metrics.auc(shared.data["test"].labels, shared.oracle)
         mlflow.log_metrics(summary)
         if cfg.plots:
-            y = ctx.data["test"].labels
+            y = shared.data["test"].labels
             mlflow.log_figure(roc_figure({name: (y, first_scores)}, f"{name}: ROC on test"), "plots/roc_test.png")
             if first_scores.min() < first_scores.max():
                 mlflow.log_figure(calibration_figure(y, first_scores, f"{name}: calibration on test"),
                                   "plots/calibration_test.png")
-            import matplotlib.pyplot as plt
-
-            plt.close("all")
+            close_figures()
         test_auc = summary["test/auc"]
         spread = f" ± {summary['test/auc_std']:.4f}" if "test/auc_std" in summary else ""
         print(f"[{name}] test auc {test_auc:.4f}{spread}  calibration {summary['test/calibration']:.3f}", flush=True)
@@ -298,10 +242,10 @@ def _run_model(name: str, ctx: _Context) -> ModelResult:
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
-def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, dict[str, float]]:
+def _cross_metrics(results: dict[str, ModelResult], shared: SharedInputs) -> dict[str, dict[str, float]]:
     """Metrics that need two models: RelaImpr against the named baselines, the share of the oracle gap closed
     and the AUC gain over `baseline` (overall and on gain_slices)."""
-    cfg, out = ctx.cfg, {name: {} for name in results}
+    cfg, out = shared.cfg, {name: {} for name in results}
     for base in cfg.rela_impr_baselines:
         if base not in results:
             continue
@@ -315,11 +259,11 @@ def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, 
         return out
     for name, r in results.items():
         if name != cfg.baseline:
-            out[name].update(_gains(r, results[cfg.baseline], ctx))
-    if ctx.oracle is not None:
-        y = ctx.data["test"].labels
-        oracle = {"": metrics.auc(y, ctx.oracle)}
-        for slice_name, values in metrics.slice_metrics(y, ctx.oracle, ctx.slices["test"],
+            out[name].update(_gains(r, results[cfg.baseline], shared))
+    if shared.oracle is not None:
+        y = shared.data["test"].labels
+        oracle = {"": metrics.auc(y, shared.oracle)}
+        for slice_name, values in metrics.slice_metrics(y, shared.oracle, shared.slices["test"],
                                                         min_count=cfg.slices.min_count).items():
             oracle[slice_name] = values["auc"]
         base = results[cfg.baseline].metrics
@@ -332,10 +276,10 @@ def _cross_metrics(results: dict[str, ModelResult], ctx: _Context) -> dict[str, 
     return out
 
 
-def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, float]:
+def _gains(model: ModelResult, base: ModelResult, shared: SharedInputs) -> dict[str, float]:
     """test/auc_gain_vs_<base>[/<slice>]: the mean over paired seeds (seed k against the baseline's seed k, or
     its only run) with `_std`, and a paired bootstrap interval over test requests on seed 0's scores."""
-    cfg, test = ctx.cfg, ctx.data["test"]
+    cfg, test = shared.cfg, shared.data["test"]
     out = {}
     for slice_name in ("",) + expand_slices(cfg.gain_slices, cfg.slices):
         suffix = f"/{slice_name}" if slice_name else ""
@@ -347,7 +291,7 @@ def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, fl
         if len(gains) > 1:
             out[f"{gain_key}_std"] = float(np.std(gains, ddof=1))
         if cfg.bootstrap_samples:
-            rows = ctx.slices["test"][slice_name] if slice_name else slice(None)
+            rows = shared.slices["test"][slice_name] if slice_name else slice(None)
             _, low, high = metrics.auc_difference_ci(
                 test.labels[rows], model.test_scores[rows], base.test_scores[rows], n_boot=cfg.bootstrap_samples,
                 seed=cfg.seed, groups=test.columns["request_id"][rows])
@@ -355,30 +299,29 @@ def _gains(model: ModelResult, base: ModelResult, ctx: _Context) -> dict[str, fl
     return out
 
 
-def _oracle_row(ctx: _Context) -> dict[str, float]:
+def _oracle_row(shared: SharedInputs) -> dict[str, float]:
     """The true click probabilities scored like a model (the physical limit)."""
-    test = ctx.data["test"]
-    return split_metrics("test", test.labels, ctx.oracle, test, ctx.slices["test"], ctx.cfg.slices.min_count)
+    test = shared.data["test"]
+    return split_metrics("test", test.labels, shared.oracle, test, shared.slices["test"], shared.cfg.slices.min_count)
 
 
-def _export(cfg: RankingConfig, ctx: _Context, result: ModelResult, parent_id: str) -> Path:
+def _export(cfg: RankingConfig, shared: SharedInputs, result: ModelResult, parent_id: str) -> Path:
     """SavedModel of the seed-0 model; reload it and compare with the Keras model on test rows."""
-    from mlflow import MlflowClient
+    # TensorFlow only when a neural model was trained (export_model names one)
+    from ranking.fit import predict
+    from ranking.serving.contract import export_model, load_serving_fn, serving_predict
 
-    from ranking.saved_model import export_model, load_serving_fn, serving_predict
-    from ranking.trainer import predict
-
-    data = ctx.data
+    data = shared.data
     test = data["test"]
     path = export_model(result.model, cfg.export_dir, cfg.export_model, extra_assets={
         "mlflow_run_id": result.run_id, "mlflow_parent_run_id": parent_id, "embedding_version": data.embedding_version,
         "embedding_model": data.metadata.get("embedding_model", {}), "training_set": str(data.path)},
-        warmup=test.columns)
+        warmup=test.columns, progress=True)
     rows = test.take(np.arange(min(len(test), 4096)))
     reloaded = serving_predict(load_serving_fn(path), rows.columns, data.spec)
     direct = predict(result.model, rows, data.spec)
     diff = float(np.max(np.abs(reloaded - direct)))
-    client = MlflowClient()
+    client = mlflow.MlflowClient()
     client.log_metric(result.run_id, "export/max_abs_diff", diff)
     client.set_tag(result.run_id, "export_path", str(path))
     client.set_tag(parent_id, "export_path", str(path))
@@ -392,13 +335,8 @@ def _export(cfg: RankingConfig, ctx: _Context, result: ModelResult, parent_id: s
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def run(cfg: RankingConfig) -> ExperimentResult:
+def run_experiment(cfg: RankingConfig) -> ExperimentResult:
     """The whole experiment; see the module docstring. Input errors raise before any MLflow run exists."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    from core.tracking import flatten, setup_mlflow, tracking_uri
-
     folder = resolve_training_set(cfg.data, cfg.embedding_version, cfg.training_set)
     use_embeddings = any(MODEL_KINDS[m]["content"] != "none" for m in cfg.models if m in MODEL_KINDS)
     data = load_training_set(folder, cfg.features, use_embeddings=use_embeddings, max_rows=cfg.max_rows,
@@ -408,12 +346,11 @@ def run(cfg: RankingConfig) -> ExperimentResult:
         if missing:
             raise TrainingSetError(f"baselines: {name} uses {', '.join(missing)}, which features.id_features "
                                    f"does not list")
-    if any(m in NEURAL for m in cfg.models):
-        from ranking._tf import tf
+    if cfg.threads and any(m in NEURAL for m in cfg.models):
+        from ranking.tf_legacy_keras import tf  # TensorFlow only when a neural model is trained
 
-        if cfg.threads:
-            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-    ctx = _Context(cfg, data)
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    shared = SharedInputs(cfg, data)
     print(f"training set {folder}: " + ", ".join(f"{s} {len(data[s]):,} rows" for s in data.splits) +
           f"; embedding_version {data.embedding_version}", flush=True)
 
@@ -430,21 +367,21 @@ def run(cfg: RankingConfig) -> ExperimentResult:
         mlflow.log_dict(config_to_dict(cfg), "config.yaml")
         mlflow.log_dict({"feature_spec": data.spec.to_dict(), "metadata": data.metadata,
                          "nan_imputed": data.nan_counts}, "training_set.json")
-        if ctx.oracle is not None:
-            mlflow.log_metrics({f"test/oracle_{k.split('/')[1]}": v for k, v in _oracle_row(ctx).items()
+        if shared.oracle is not None:
+            mlflow.log_metrics({f"test/oracle_{k.split('/')[1]}": v for k, v in _oracle_row(shared).items()
                                 if k.count("/") == 1})
 
-        results = {name: _run_model(name, ctx) for name in cfg.models}
+        results = {name: _run_model(name, shared) for name in cfg.models}
 
         client = mlflow.MlflowClient()
         now = int(time.time() * 1000)
-        for name, extra in _cross_metrics(results, ctx).items():
+        for name, extra in _cross_metrics(results, shared).items():
             results[name].metrics.update(extra)
             if extra:
                 client.log_batch(results[name].run_id, metrics=[Metric(k, v, now, 0) for k, v in extra.items()])
         rows = {name: r.metrics for name, r in results.items()}
-        if ctx.oracle is not None:
-            rows["(oracle)"] = _oracle_row(ctx)
+        if shared.oracle is not None:
+            rows["(oracle)"] = _oracle_row(shared)
         columns = [c for c in TABLE_COLUMNS if any(c in v for v in rows.values())]
         table = comparison_table(rows, columns)
         gain_rows = {name: r.metrics for name, r in results.items() if name != cfg.baseline}
@@ -462,17 +399,15 @@ def run(cfg: RankingConfig) -> ExperimentResult:
         if cfg.plots:
             y = data["test"].labels
             curves = {name: (y, r.test_scores) for name, r in results.items()}
-            if ctx.oracle is not None:
-                curves["(oracle)"] = (y, ctx.oracle)
+            if shared.oracle is not None:
+                curves["(oracle)"] = (y, shared.oracle)
             mlflow.log_figure(roc_figure(curves, f"{cfg.name}: ROC on test"), "roc_test.png")
             if gains:
                 mlflow.log_figure(gains_figure(gain_rows, cfg.baseline, gain_slices,
                                                f"{cfg.name}: test AUC gain over {cfg.baseline} (95% interval)"),
                                   "gains_test.png")
-            import matplotlib.pyplot as plt
-
-            plt.close("all")
-        export_path = _export(cfg, ctx, results[cfg.export_model], parent.info.run_id) if cfg.export_model else None
+            close_figures()
+        export_path = _export(cfg, shared, results[cfg.export_model], parent.info.run_id) if cfg.export_model else None
         print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.experiment}' at {tracking_uri()}")
     return ExperimentResult(parent.info.run_id, results, table, export_path, gains)
 
@@ -486,15 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
     cfg = load_config(RankingConfig, args.config, overrides)
     _sigterm_raises()
-    run(cfg)
+    run_experiment(cfg)
     return 0
 
 
 def _sigterm_raises() -> None:
     """Turn SIGTERM into SystemExit so the MLflow runs close as FAILED instead of staying RUNNING."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         def handler(signum, frame):
             raise SystemExit(128 + signum)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from benchmarks.ranking_bench import _preprocessing, op_kind, step_breakdown, synthetic_data
+from ranking.config import NetConfig, TrainConfig
+from ranking.fit import compile_model
+from ranking.models import build_model
+from ranking.pipeline import make_dataset
 
 
 def test_op_kinds():
@@ -14,11 +18,6 @@ def test_op_kinds():
 
 
 def test_step_breakdown_profiles_a_training_step():
-    from ranking.config import NetConfig, TrainConfig
-    from ranking.data import make_dataset
-    from ranking.models import build_model
-    from ranking.trainer import compile_model
-
     split, spec, vocabularies = synthetic_data(2_000, n_ids=4, vocab=500, n_dense=3, dim=16)
     prep = _preprocessing(split, spec, vocabularies)
     model = build_model("dashclip_two_tower", spec, prep, NetConfig(deep_layers=(32,), head_layers=(16,)))

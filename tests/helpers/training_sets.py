@@ -143,3 +143,15 @@ def rewrite_split(folder: Path, split: str, edit) -> None:
     """Replace a split's parquet with edit(table) (for the bad-input tests)."""
     path = Path(folder) / split / "part-00000.parquet"
     pq.write_table(edit(pq.read_table(path)), path)
+
+
+def numpy_columns(table: pa.Table, inputs: dict) -> dict[str, np.ndarray]:
+    """The model inputs (model_info.json "inputs") of a table as numpy with the training set's own dtypes (int8
+    position, int32 rating_count, str ids, [n, dim] embeddings): written independently of the code under test."""
+    out = {}
+    for name, entry in inputs.items():
+        values = table.column(name).to_pylist()
+        out[name] = (np.array(values, np.float32) if len(entry["shape"]) == 2
+                     else np.array(values, dtype=object) if entry["dtype"] == "string"
+                     else table.column(name).to_numpy())
+    return out

@@ -1,16 +1,20 @@
 """Batch scoring of candidate tables with an exported SavedModel on Apache Beam (tfx-bsl RunInference).
 
-    python -m ranking.batch_score --model exports/dashclip_two_tower/3 --input data/demo/training_sets/v1/test \
-        --output scores.parquet [--keys impression_id] [--batch-size 4096] [Beam options, e.g. --runner=FlinkRunner]
+    python -m ranking.serving.batch_score --model exports/dashclip_two_tower/3 \
+        --input data/demo/training_sets/v1/test --output scores.parquet [--keys impression_id] [--batch-size 4096] \
+        [--no-progress] [Beam options, e.g. --runner=FlinkRunner]
 
 The pipeline (every option this parser does not know goes to Beam; without a --runner it runs on Beam's in-process
 FnApiRunner, because Beam's DirectRunner would first try to download the Prism runner binary from GitHub):
 
     parquet files -> Arrow record batches (ReadAllFromParquetBatched, no per-row Python)
-      -> slices of --batch-size rows -> serialized tf.Examples (ranking.examples.encode_examples, the model's
+      -> slices of --batch-size rows -> serialized tf.Examples (ranking.serving.tf_example, the model's
          inputs from assets.extra/model_info.json), keyed by the slice's key columns (an Arrow table)
       -> tfx_bsl RunInferenceOnKeyedBatches on the `serve_tf_example` signature (one inference call per slice)
       -> key columns + `probability` (float32) -> one parquet file
+
+A progress bar counts the rows scored when the pipeline runs in this process (the default FnApiRunner); on a
+remote runner the workers have no bar to update.
 
 RunInferenceOnKeyedBatches is tfx-bsl's keyed form of RunInference for inputs that are already batched:
 `(key, [example, ...]) -> (key, [PredictionLog, ...])`, logs in the order of the examples, so one key per slice
@@ -43,8 +47,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
+
+# ranking.tf_legacy_keras before tfx-bsl: tfx-bsl imports TensorFlow, which must start with tf-keras (and quietly)
+from ranking.tf_legacy_keras import tf
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from tensorflow.core.protobuf import saved_model_pb2
+from tfx_bsl.public.beam.run_inference import RunInferenceOnKeyedBatches
+from tfx_bsl.public.proto import model_spec_pb2
 
 from feature_store.schema import checked_embedding_matrix
+from ranking.serving.contract import read_model_info, resolve_version_dir
+from ranking.serving.tf_example import encode_examples, table_to_columns
 
 SIGNATURE = "serve_tf_example"
 DEFAULT_KEYS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id")
@@ -80,9 +96,6 @@ class ScoringPlan:
 
 def signature_names(model_dir: Path) -> list[str]:
     """The signatures in saved_model.pb, read from the proto (no graph is loaded)."""
-    import ranking._tf  # noqa: F401  (TensorFlow's first import sets up tf-keras)
-    from tensorflow.core.protobuf import saved_model_pb2
-
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((model_dir / "saved_model.pb").read_bytes())
     return sorted({name for graph in proto.meta_graphs for name in graph.signature_def})
@@ -135,8 +148,6 @@ def _check_widths(file: Path, inputs: dict[str, dict]) -> None:
 
 def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None) -> ScoringPlan:
     """Check the model folder and the input against each other; a BatchScoreError says what is wrong."""
-    from ranking.saved_model import read_model_info, resolve_version_dir
-
     model_dir = resolve_version_dir(model_dir)
     try:
         info = read_model_info(model_dir)
@@ -145,7 +156,7 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
     names = signature_names(model_dir)
     if SIGNATURE not in names:
         raise BatchScoreError(f"{model_dir} has no '{SIGNATURE}' signature (it has: {', '.join(names) or 'none'}): "
-                              "re-export the model with ranking.export")
+                              "re-export the model with python -m ranking.serving.export")
     inputs = info["inputs"]
     files = input_files(input_path)
     schemas = {f: pq.read_schema(f) for f in files}
@@ -179,31 +190,11 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
 # ------------------------------------------------------------------------------------------------ pipeline steps
 
 
-def table_to_columns(table: pa.Table, inputs: dict[str, dict]) -> dict[str, np.ndarray]:
-    """The model inputs of an Arrow table as numpy columns for encode_examples (column-wise, no per-row Python
-    except for string ids, which are handed over as bytes)."""
-    out = {}
-    for name, entry in inputs.items():
-        column = table.column(name).combine_chunks()
-        if len(entry["shape"]) == 2:
-            out[name] = checked_embedding_matrix(column, name, entry["shape"][1], error=BatchScoreError)
-            continue
-        if column.null_count:
-            raise BatchScoreError(f"column '{name}' has {column.null_count} null values (the model needs one "
-                                  f"{entry['dtype']} per row)")
-        if entry["dtype"] == "string":
-            column = column.cast(pa.binary())
-        out[name] = column.to_numpy(zero_copy_only=False)
-    return out
-
-
 def encode_batches(table: pa.Table, inputs: dict[str, dict], keys: tuple[str, ...], batch_size: int):
     """One Arrow table from the reader -> (key columns of a slice, [serialized tf.Example]) per batch_size rows."""
-    from ranking.examples import encode_examples
-
     for start in range(0, table.num_rows, batch_size):
         piece = table.slice(start, batch_size)
-        examples = encode_examples(table_to_columns(piece, inputs), inputs)
+        examples = encode_examples(table_to_columns(piece, inputs, BatchScoreError), inputs)
         yield piece.select(list(keys)), examples
 
 
@@ -216,9 +207,7 @@ def probabilities(logs) -> np.ndarray:
         return np.array([t.float_val[0] for t in tensors], np.float32)  # float32 -> Python float -> float32: exact
     if all(len(t.tensor_content) == 4 for t in tensors):
         return np.frombuffer(b"".join(t.tensor_content for t in tensors), np.float32)
-    from tensorflow import make_ndarray
-
-    return np.array([make_ndarray(t).reshape(-1)[0] for t in tensors], np.float32)
+    return np.array([tf.make_ndarray(t).reshape(-1)[0] for t in tensors], np.float32)
 
 
 def scored_table(keys: pa.Table, logs) -> pa.Table:
@@ -231,8 +220,6 @@ def scored_table(keys: pa.Table, logs) -> pa.Table:
 
 def inference_spec(model_dir: Path):
     """InferenceSpecType: the SavedModel's `serve_tf_example` signature, one keyed batch per inference call."""
-    from tfx_bsl.public.proto import model_spec_pb2
-
     return model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=str(model_dir), signature_name=[SIGNATURE]),
         # Each element is already a batch of --batch-size examples: Beam must not group several of them.
@@ -241,22 +228,33 @@ def inference_spec(model_dir: Path):
 
 def pipeline_options(beam_args: list[str]):
     """Beam's PipelineOptions from the user's Beam arguments, with FnApiRunner when they name no runner."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     has_runner = any(a == "--runner" or a.startswith("--runner=") for a in beam_args)
     return PipelineOptions(list(beam_args) if has_runner else ["--runner=FnApiRunner", *beam_args])
 
 
-def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_args: list[str]) -> Path:
-    """Run the Beam pipeline and rename its single output file onto `output`; nothing is left on failure."""
-    import apache_beam as beam
-    from tfx_bsl.public.beam.run_inference import RunInferenceOnKeyedBatches
+# Progress bars of the pipelines running in this process, by pipeline: a remote worker finds none.
+_PROGRESS: dict[str, tqdm] = {}
 
+
+def count_rows(scored: pa.Table, pipeline: str) -> pa.Table:
+    """A pass-through step: advance `pipeline`'s progress bar by the batch's rows when it runs in this process."""
+    bar = _PROGRESS.get(pipeline)
+    if bar is not None:
+        bar.update(scored.num_rows)
+    return scored
+
+
+def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_args: list[str],
+                 progress: bool = False) -> Path:
+    """Run the Beam pipeline and rename its single output file onto `output`; nothing is left on failure.
+    progress: a bar of the rows scored on stderr."""
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    _PROGRESS[str(tmp)] = tqdm(total=plan.rows, desc="batch score", unit="row", unit_scale=True,
+                               disable=not progress)
     try:
         with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
             _ = (pipeline
@@ -267,11 +265,13 @@ def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_ar
                      beam.typehints.Tuple[pa.Table, beam.typehints.List[bytes]])
                  | "Score" >> RunInferenceOnKeyedBatches(inference_spec(plan.model_dir))
                  | "Probability" >> beam.MapTuple(scored_table)
+                 | "Progress" >> beam.Map(count_rows, str(tmp))
                  | "Write" >> beam.io.WriteToParquetBatched(str(tmp / "scores"), schema=plan.output_schema,
                                                             file_name_suffix=".parquet", num_shards=1,
                                                             shard_name_template=""))
         os.replace(tmp / "scores.parquet", output)
     finally:
+        _PROGRESS.pop(str(tmp)).close()
         shutil.rmtree(tmp, ignore_errors=True)
     return output
 
@@ -281,7 +281,7 @@ def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_ar
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m ranking.batch_score", description=__doc__.split("\n\n")[0],
+        prog="python -m ranking.serving.batch_score", description=__doc__.split("\n\n")[0],
         epilog="Options not listed here go to Beam's PipelineOptions (e.g. --runner=FlinkRunner).")
     parser.add_argument("--model", required=True, help="exported version folder <export_dir>/<model>/<version>/, "
                         "or <export_dir>/<model>/ for its highest version")
@@ -291,6 +291,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help=f"comma-separated key columns copied to the output (default: those of "
                              f"{','.join(DEFAULT_KEYS)} present in the input)")
     parser.add_argument("--batch-size", type=int, default=4096, help="examples per inference call")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser.parse_known_args(argv)
 
 
@@ -305,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as e:
         print(f"batch_score: error: {e}", file=sys.stderr)
         return 2
-    out = run_pipeline(plan, args.output, args.batch_size, beam_args)
+    out = run_pipeline(plan, args.output, args.batch_size, beam_args, args.progress)
     print(f"scored {plan.rows:,} rows with {plan.model_dir} -> {out}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The steps as functions of the importable module: Beam then pickles them by reference, not by value with
+    # this __main__ module's globals (the progress bars cannot be pickled).
+    from ranking.serving import batch_score
+
+    sys.exit(batch_score.main())

@@ -1,6 +1,6 @@
-"""Training sets -> checked numpy columns -> tf.data batches.
+"""Training-set folders -> checked numpy columns (pyarrow; no TensorFlow). ranking/pipeline.py turns them into tf.data.
 
-The feature store writes a training set per embedding version (DESIGN.md section 9):
+The feature store writes a training set per embedding version (docs/design.md, sections 3 and 9):
 
     data/<name>/training_sets/<embedding_version>/{train,valid,test}/part-*.parquet   + metadata.json
 
@@ -13,12 +13,9 @@ labels (click, conversion).
 `load_training_set` reads only the columns the config names, column-wise with pyarrow (no per-row Python), and
 checks everything that could go wrong before any training starts: a missing feature, a NaN in a dense feature
 (`nan_policy`: fail, or impute with the train mean), an embedding of the wrong width, an empty split, labels other
-than 0/1. Every error is a `TrainingSetError` naming the split, the column and the problem.
-
-`make_dataset` turns a split into a `tf.data.Dataset` of whole batches: a fresh permutation per epoch (shuffle before
-batching), then parallel gathers of every column of the batch from tf.Variables, then prefetch: no per-row Python.
-Embedding columns are stored once per distinct vector (`Embeddings`): a product's vector repeats on every
-impression that shows it.
+than 0/1. Every error is a `TrainingSetError` naming the split, the column and the problem. Embedding columns are
+stored once per distinct vector (`Embeddings`): a product's vector repeats on every impression that shows it.
+`first_rows` reads the first rows of a split as model inputs (the export's warm-up requests).
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feature_store.schema import checked_embedding_matrix
+from ranking.config import FeatureConfig
 
 SPLITS = ("train", "valid", "test")
 COUNT_PATTERN = re.compile(
@@ -45,47 +42,6 @@ KEY_COLUMNS = ("impression_id", "request_id", "user_id", "query_id", "product_id
 
 class TrainingSetError(ValueError):
     """A training set does not fit the config: names the split (or file), the column and the problem."""
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Which training-set columns the models read, and how ordinary features are treated."""
-
-    # Sparse ids (int64 or string columns): one embedding row per value seen in train, unseen values -> OOV buckets.
-    id_features: tuple[str, ...] = ("user_id", "query_id", "product_id", "ad_id", "campaign_id", "advertiser_id",
-                                    "store_id", "position", "device", "aisle", "brand")
-    # Dense floats; the historical counts come on top of these when count_features is "auto".
-    dense_features: tuple[str, ...] = ("price", "discount", "rating", "rating_count", "store_distance_km",
-                                       "product_age_days", "history_count")
-    count_features: Literal["auto", "none"] = "auto"  # auto: every column named <entity>_<impressions|clicks>_<window>
-    # Dense features passed through sign(x) * log1p(|x|) before standardising (counts always are).
-    log_features: tuple[str, ...] = ("price", "rating_count", "store_distance_km", "product_age_days",
-                                     "history_count")
-    dense_clip: float = 5.0  # standardised dense values are clipped to +-this (train-only statistics meet new data)
-    ctr_features: bool = True  # add smoothed CTR logits for every <entity>_{clicks,impressions}_<window> pair
-    ctr_prior_strength: float = 20.0  # pseudo-impressions at the train base rate in those CTRs
-    product_embedding: str = "product_embedding"
-    query_embedding: str = "query_embedding"
-    history_embedding: str = "history_embedding"
-    label: str = "click"
-    nan_policy: Literal["fail", "impute"] = "fail"  # a NaN/null in a dense feature: error, or the train mean
-    min_id_count: int = 1  # ids seen fewer times in train share the OOV buckets
-    max_vocab: int = 500_000  # per id feature, most frequent first
-    oov_buckets: int = 1  # hashed buckets for unseen ids, per feature
-
-    def validate(self) -> None:
-        from core.config import ConfigError
-
-        if not self.id_features:
-            raise ConfigError("features.id_features: the neural models need at least one id feature")
-        for key in ("id_features", "dense_features"):
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise ConfigError(f"features.{key}: duplicate names in {list(values)}")
-        if self.min_id_count < 1 or self.max_vocab < 1 or self.oov_buckets < 1:
-            raise ConfigError("features: min_id_count, max_vocab and oov_buckets must be >= 1")
-        if self.ctr_prior_strength <= 0 or self.dense_clip <= 0:
-            raise ConfigError("features: ctr_prior_strength and dense_clip must be > 0")
 
 
 @dataclass(frozen=True)
@@ -168,7 +124,7 @@ class Split:
     source: str = ""
 
     def __post_init__(self):
-        self._tf_columns = None  # make_dataset's tf.Variable copies, made once per split
+        self.tf_variables = None  # ranking.pipeline.make_dataset's tf.Variable copies, made once per split
 
     def __len__(self) -> int:
         return len(self.columns["__label__"])
@@ -332,6 +288,13 @@ def _embedding_column(col: pa.ChunkedArray, name: str, dim: int, where: str) -> 
     return Embeddings.from_dense(checked_embedding_matrix(col, name, dim, f"{where}: ", TrainingSetError))
 
 
+def _id_columns(table: pa.Table, spec: FeatureSpec, where: str) -> dict[str, np.ndarray]:
+    """The id inputs: int64 ids as int64, string ids as UTF-8 bytes."""
+    cols = {c: _int_column(table.column(c), c, where) for c in spec.int_ids}
+    cols.update({c: _bytes_column(table.column(c), c, where) for c in spec.str_ids})
+    return cols
+
+
 def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: bool = True,
                       max_rows: int = 0, seed: int = 0) -> TrainingSet:
     """Read and check the train/valid/test splits of a training set; see the module docstring.
@@ -366,13 +329,8 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
             rows = np.sort(np.random.default_rng([seed, SPLITS.index(split)]).choice(table.num_rows, max_rows,
                                                                                      replace=False))
             table = table.take(pa.array(rows))
-        cols: dict[str, np.ndarray] = {}
-        for c in KEY_COLUMNS:
-            cols[c] = _int_column(table.column(c), c, where)
-        for c in spec.int_ids:
-            cols[c] = _int_column(table.column(c), c, where)
-        for c in spec.str_ids:
-            cols[c] = _bytes_column(table.column(c), c, where)
+        cols: dict[str, np.ndarray] = {c: _int_column(table.column(c), c, where) for c in KEY_COLUMNS}
+        cols.update(_id_columns(table, spec, where))
         nan_counts[split] = {}
         for c in spec.dense:
             values = _dense_column(table.column(c))
@@ -411,6 +369,19 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
     return TrainingSet(folder, metadata, version, spec, splits, nan_counts, impute)
 
 
+def first_rows(folder: str | Path, split: str, spec: FeatureSpec, n: int) -> dict[str, np.ndarray]:
+    """The first n rows of a split's first file as the model's input columns (ids, dense features as they are,
+    embeddings): real rows for the export's warm-up requests, read without loading the split."""
+    first = _split_files(Path(folder), split)[0]
+    batch = next(pq.ParquetFile(first).iter_batches(batch_size=n, columns=list(spec.inputs)))
+    table = pa.Table.from_batches([batch])
+    cols = _id_columns(table, spec, str(first))
+    cols.update({c: _dense_column(table.column(c)) for c in spec.dense})
+    for c in spec.embeddings:
+        cols[c] = _embedding_column(table.column(c), c, spec.embedding_dim, str(first))
+    return cols
+
+
 def dense_features(columns: dict[str, np.ndarray], spec: FeatureSpec, base_rate: float, prior: float) -> np.ndarray:
     """The dense inputs before standardising, in numpy: [n, D'] = spec.dense (signed log1p where listed), then one
     smoothed CTR logit per (clicks, impressions) pair. `FeatureEncoder` computes the same in-graph."""
@@ -424,107 +395,3 @@ def dense_features(columns: dict[str, np.ndarray], spec: FeatureSpec, base_rate:
         out.append(np.log(ctr / (1 - ctr)))
     n = len(columns["__label__"]) if "__label__" in columns else len(next(iter(columns.values())))
     return np.stack(out, axis=1) if out else np.zeros((n, 0))
-
-
-# ------------------------------------------------------------------------------------------------ tf.data
-
-
-def _tf_columns(split: Split, spec: FeatureSpec) -> dict:
-    """The split's model inputs as tf.Variables, made once: the pipeline gathers batches from them in C++ threads.
-
-    Variables rather than captured constants: tf.data copies a captured tensor into every dataset built from
-    it (each validation pass would copy the split), while a variable is shared by reference.
-    """
-    from ranking._tf import tf
-
-    if split._tf_columns is None:
-        cols = {}
-        with tf.device("/cpu:0"):
-            # Same-dtype [n] columns (int64 ids, float32 dense features and the label) are stacked into one
-            # [n, k] matrix each, so a batch is one gather per block instead of one per column.
-            for block, names in _blocks(spec).items():
-                values = [split.columns[name] for name in names]
-                if block == "__float__":
-                    values.append(split.labels.astype(np.float32))
-                dtype = np.int64 if block == "__int64__" else np.float32
-                matrix = np.stack(values, axis=1).astype(dtype, copy=False)  # [n, k]
-                cols[block] = tf.Variable(matrix, trainable=False)
-            for name in spec.str_ids:
-                cols[name] = tf.Variable(split.columns[name], trainable=False)
-            for name in spec.embeddings:
-                v = split.columns[name]
-                cols[name] = (tf.Variable(v.table, trainable=False), tf.Variable(v.index, trainable=False))
-        split._tf_columns = cols
-    return split._tf_columns
-
-
-def _blocks(spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
-    """The stacked [n] columns: int64 ids, then float32 dense features (+ the label as the last column)."""
-    return {**({"__int64__": spec.int_ids} if spec.int_ids else {}), "__float__": spec.dense}
-
-
-def make_dataset(split: Split, spec: FeatureSpec, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 labels: bool = True, start_epoch: int = 0):
-    """A tf.data.Dataset of ({input: [B] or [B, dim]}, label [B] float32) batches over `split`.
-
-    A Python generator yields only the row indices of each batch (sorted inside the batch, which keeps the
-    gathers cache-friendly and changes nothing for the gradient); a map gathers every column from tf.Variables
-    on the pipeline's own thread; prefetch overlaps it with training. With shuffle, each pass over the dataset
-    (each Keras epoch) draws a new permutation from (seed, epoch), so a resumed run sees the same batches as an
-    uninterrupted one.
-    """
-    from ranking._tf import tf
-
-    cols = _tf_columns(split, spec)
-    n = len(split)
-    epoch = [start_epoch]
-
-    def batch_rows():
-        if shuffle:
-            order = np.random.default_rng([seed, epoch[0]]).permutation(n)
-            epoch[0] += 1
-            for start in range(0, n, batch_size):
-                yield np.sort(order[start:start + batch_size])
-        else:
-            for start in range(0, n, batch_size):
-                yield np.arange(start, min(start + batch_size, n), dtype=np.int64)
-
-    blocks = _blocks(spec)
-
-    def gather(rows):
-        features = {}
-        for block, names in blocks.items():
-            parts = tf.unstack(tf.gather(cols[block], rows), axis=1)  # k tensors [B]
-            features.update(zip(names, parts))
-            if block == "__float__":
-                label = parts[-1]
-        for name in spec.str_ids:
-            features[name] = tf.gather(cols[name], rows)
-        for name in spec.embeddings:
-            table, index = cols[name]
-            features[name] = tf.gather(table, tf.gather(index, rows))  # [B, dim]
-        return (features, label) if labels else features
-
-    ds = tf.data.Dataset.from_generator(batch_rows, output_signature=tf.TensorSpec([None], tf.int64))
-    # The generator's length is known: Keras needs it when it runs several steps per call (steps_per_execution).
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
-    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    # One private thread: it still delivers >10x the training rate, and on 2 cores a wider input pool steals
-    # the training step's cores (measured: fit throughput halved in some windows).
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    return ds.with_options(options)
-
-
-def input_signature(spec: FeatureSpec, name: str):
-    """The tf.TensorSpec of one raw input: int64 / string ids [B], float32 dense [B], float32 embeddings [B, dim]."""
-    from ranking._tf import tf
-
-    if name in spec.int_ids:
-        return tf.TensorSpec([None], tf.int64, name=name)
-    if name in spec.str_ids:
-        return tf.TensorSpec([None], tf.string, name=name)
-    if name in spec.embeddings:
-        return tf.TensorSpec([None, spec.embedding_dim], tf.float32, name=name)
-    return tf.TensorSpec([None], tf.float32, name=name)

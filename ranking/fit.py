@@ -7,8 +7,9 @@ decay on plateau, atomic resumable checkpoints, then Platt calibration on the va
     restore_final(model, ckpt)                the trained, calibrated weights of a finished run
 
 Checkpoints (`<checkpoint_dir>/state/` after every epoch, `best/` at every improvement, `final/` once trained and
-calibrated) are written to a temporary folder and renamed into place, so a killed run leaves the previous complete checkpoint. The data order of epoch k
-derives from (seed, k), so a resumed run trains on the same batches as an uninterrupted one.
+calibrated) are written to a temporary folder and renamed into place, so a killed run leaves the previous complete
+checkpoint. The data order of epoch k derives from (seed, k), so a resumed run trains on the same batches as an
+uninterrupted one.
 No MLflow here: the caller passes `on_epoch` and logs what it receives.
 """
 
@@ -26,12 +27,13 @@ import numpy as np
 
 from core import metrics
 from core.files import staged_folder
-from ranking.evaluation import fit_calibration, logit, sigmoid
-from ranking._tf import tf
+from ranking.calibration import fit_calibration, logit, sigmoid
 from ranking.config import TrainConfig
-from ranking.data import FeatureSpec, Split, TrainingSet, make_dataset
 from ranking.models import PCTRModel
+from ranking.pipeline import make_dataset
 from ranking.sparse_optim import RowSparseOptimizer
+from ranking.tf_legacy_keras import tf
+from ranking.training_set import FeatureSpec, Split, TrainingSet
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Export a trained pCTR model as a SavedModel for TensorFlow Serving (DESIGN.md section 7).
+"""The SavedModel contract: what an exported pCTR model folder holds, how it is written and how it is read
+(docs/design.md, section 7). ranking/serving/export.py is the command line around it.
 
     path = export_model(model, "exports", "dashclip_two_tower", warmup=test_columns)  # exports/<name>/<version>/
     scores = load_serving_fn(path)(**features)["probability"]
@@ -10,7 +11,8 @@ temporary folder and renamed, never overwritten):
         serving_default    every raw input by name: int64 / string ids [B], float32 dense [B],
                            float32 embeddings [B, embedding_dim]
         serve_tf_example   examples: string [B] of serialized tf.Example protos (tfx-bsl's RunInference takes
-                           only signatures with exactly one string input), parsed with ranking.examples.parse_spec
+                           only signatures with exactly one string input), parsed with
+                           ranking.serving.tf_example.parse_spec
     assets.extra/model_info.json        model kind, feature spec, the inputs' dtypes and shapes, the signatures,
                                         the MLflow run, the embedding version and embedding model
     assets.extra/tf_serving_warmup_requests   TFRecord of tensorflow_serving PredictionLog records built from real
@@ -18,7 +20,7 @@ temporary folder and renamed, never overwritten):
 
 Vocabularies and normalisation are inside the graph, so `tf.saved_model.load` needs no project code.
 
-What the signatures do with bad input (tests/test_serving_export.py checks each):
+What the signatures do with bad input (tests/ranking/serving/test_contract.py checks each):
 - serving_default, missing input: TypeError "missing a required argument: '<name>'".
 - serving_default, wrong embedding width or rank, or inputs of different batch sizes: InvalidArgumentError from
   the in-graph checks, naming the input ("Shape of tensor product_embedding [2,15] is not compatible with
@@ -30,7 +32,7 @@ What the signatures do with bad input (tests/test_serving_export.py checks each)
 - Unseen ids (int or string) are not errors: they map to the OOV buckets inside the graph and score like any
   id never seen in training. NaN in a dense input is replaced by the train mean under nan_policy=impute.
 - An empty batch returns empty `probability` and `logit` tensors [0].
-Python callers (the online scorer, `python -m ranking.export --verify`) call `check_request(features, inputs)`
+Python callers (the online scorer, `python -m ranking.serving.export --verify`) call `check_request(features, inputs)`
 first: a plain ValueError naming the input and its expected dtype and shape, before any TensorFlow call.
 """
 
@@ -43,11 +45,14 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tqdm import tqdm
 
-from ranking._tf import tf
-from ranking.data import FeatureSpec, input_signature
-from ranking.examples import check_columns, encode_examples, parse_spec
 from ranking.models import PCTRModel, build_model
+from ranking.pipeline import input_signature
+from ranking.serving.tf_example import check_columns, encode_examples, parse_spec
+from ranking.tf_legacy_keras import tf
+from ranking.training_set import FeatureSpec
 
 SIGNATURES = ("serving_default", "serve_tf_example")
 OUTPUTS = {"probability": {"dtype": "float32", "shape": [-1]}, "logit": {"dtype": "float32", "shape": [-1]}}
@@ -56,7 +61,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 WARMUP_ROWS = 16
 
 
-class _Serving(tf.Module):
+class ServingModule(tf.Module):
     """Holds the model's variables and the two signature functions; no optimizer, no training state."""
 
     def __init__(self, model: PCTRModel):
@@ -118,7 +123,7 @@ def read_model_info(model_dir: str | Path) -> dict:
     path = model_dir / "assets.extra" / "model_info.json"
     if not path.is_file():
         raise ValueError(f"{path} does not exist: the model's inputs are unknown (export it with "
-                         "ranking.export / ranking.saved_model.export_model)")
+                         "python -m ranking.serving.export)")
     info = json.loads(path.read_text())
     if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
         raise ValueError(f"{path} has no 'inputs' section")
@@ -132,46 +137,65 @@ def next_version(root: Path) -> int:
 
 
 def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extra_assets: dict | None = None,
-                 warmup: Mapping[str, np.ndarray] | None = None) -> Path:
+                 warmup: Mapping[str, np.ndarray] | None = None, progress: bool = False) -> Path:
     """Write `<export_dir>/<model_name>/<version>/` and return it.
 
     The model is copied into a fresh instance first, so the SavedModel holds the weights only (no optimizer
     slots). `warmup`: columns of real rows (e.g. the test split's); the first WARMUP_ROWS become the warm-up
-    requests. extra_assets go into model_info.json (the MLflow run, the embedding version, ...).
+    requests. extra_assets go into model_info.json (the MLflow run, the embedding version, ...). progress: a bar
+    over the export's steps on stderr.
     """
     root = Path(export_dir) / model_name
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(root)
     tmp = root / f".tmp-{version}-{os.getpid()}"  # not a number: TensorFlow Serving ignores it
     shutil.rmtree(tmp, ignore_errors=True)
-    clean = build_model(model.kind, model.spec, model.prep, model.net)
-    tf.train.Checkpoint(model=model).write(str(tmp / "weights" / "ckpt"))  # matched by object path, not order
-    tf.train.Checkpoint(model=clean).read(str(tmp / "weights" / "ckpt")).expect_partial()
-    shutil.rmtree(tmp)
-    _check_same_weights(model, clean)
-    module = _Serving(clean)
-    logger, level = tf.get_logger(), tf.get_logger().level
-    logger.setLevel("ERROR")  # Keras's "skipping full serialization" notes: this export needs no Keras config
-    try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve,
-                                                          "serve_tf_example": module.serve_tf_example})
-    finally:
-        logger.setLevel(level)
-    extra = tmp / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    inputs = signature_description(model.spec)
-    info = {"model": model.kind, "model_name": model_name, "feature_spec": model.spec.to_dict(), "inputs": inputs,
-            "signatures": {"serving_default": {"inputs": inputs, "outputs": OUTPUTS},
-                           "serve_tf_example": {"inputs": {EXAMPLES_INPUT: {"dtype": "string", "shape": [-1]}},
-                                                "outputs": OUTPUTS}}}
-    if warmup is not None:
-        info["warmup_rows"] = write_warmup(extra / WARMUP_FILE, model_name, warmup, inputs)
-    info.update(extra_assets or {})
-    (extra / "model_info.json").write_text(json.dumps(info, indent=1, default=str))
+    with tqdm(total=4, desc=f"export {model_name}", unit="step", postfix="copying the weights",
+              disable=not progress) as bar:
+        clean = build_model(model.kind, model.spec, model.prep, model.net)
+        tf.train.Checkpoint(model=model).write(str(tmp / "weights" / "ckpt"))  # matched by object path, not order
+        tf.train.Checkpoint(model=clean).read(str(tmp / "weights" / "ckpt")).expect_partial()
+        shutil.rmtree(tmp)
+        _check_same_weights(model, clean)
+        _next_step(bar, "tracing the signatures")
+        module = ServingModule(clean)
+        logger, level = tf.get_logger(), tf.get_logger().level
+        logger.setLevel("ERROR")  # Keras's "skipping full serialization" notes: this export needs no Keras config
+        try:
+            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve,
+                                                              "serve_tf_example": module.serve_tf_example})
+        finally:
+            logger.setLevel(level)
+        _next_step(bar, "warm-up requests")
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        inputs = signature_description(model.spec)
+        info = {"model": model.kind, "model_name": model_name, "feature_spec": model.spec.to_dict(),
+                "inputs": inputs,
+                "signatures": {"serving_default": {"inputs": inputs, "outputs": OUTPUTS},
+                               "serve_tf_example": {"inputs": {EXAMPLES_INPUT: {"dtype": "string", "shape": [-1]}},
+                                                    "outputs": OUTPUTS}}}
+        if warmup is not None:
+            info["warmup_rows"] = write_warmup(extra / WARMUP_FILE, model_name, warmup, inputs)
+        _next_step(bar, "model_info.json")
+        info.update(extra_assets or {})
+        (extra / "model_info.json").write_text(json.dumps(info, indent=1, default=str))
+        final = _publish(tmp, root, version)
+        _next_step(bar, str(final))
+    return final
+
+
+def _next_step(bar: tqdm, step: str) -> None:
+    bar.update()
+    bar.set_postfix_str(step)
+
+
+def _publish(tmp: Path, root: Path, version: int) -> Path:
+    """Rename the finished folder to the next free version under root: a version is never overwritten."""
     while True:
         final = root / str(version)
         try:
-            os.rename(tmp, final)  # fails if `final` exists and is not empty: a version is never overwritten
+            os.rename(tmp, final)  # fails if `final` exists and is not empty
             return final
         except OSError:
             if not final.exists():
@@ -212,8 +236,6 @@ def write_warmup(path: Path, model_name: str, columns: Mapping[str, np.ndarray],
     """Write TensorFlow Serving's warm-up file: one PredictionLog per signature over the first WARMUP_ROWS rows
     (serving_default: one TensorProto per input; serve_tf_example: the same rows as tf.Example protos).
     Returns the number of rows."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
     rows = check_columns({name: v[:WARMUP_ROWS] for name, v in columns.items() if name in inputs}, inputs)
     n = len(next(iter(rows.values())))
     if n == 0:
@@ -235,8 +257,6 @@ def write_warmup(path: Path, model_name: str, columns: Mapping[str, np.ndarray],
 
 def read_warmup(version_dir: str | Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """The warm-up requests of an export as [(signature name, {input: numpy array})], in file order."""
-    from tensorflow_serving.apis import prediction_log_pb2
-
     path = Path(version_dir) / "assets.extra" / WARMUP_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the export has no warm-up requests")

@@ -1,6 +1,7 @@
 """Online scoring: one request (a user, a query, N candidate ads) -> online features -> SavedModel -> ranked ads.
 
-    ranker = OnlineRanker("exports/dashclip_two_tower/3", data_dir="data/demo")   # the A/B simulation's entry point
+    store = feature_store.online.OnlineFeatures("data/demo", embedding_version)   # built by the caller
+    ranker = OnlineRanker("exports/dashclip_two_tower/3", features=store)          # the A/B simulation's entry point
     ranked = ranker.rank(user_id=7, query_id=42, product_ids=[...], ad_ids=[...],
                          context={"ts": now, "device": "app", "position": [1, 2, ...], "discount": [...],
                                   "store_distance_km": [...], "campaign_id": [...], "advertiser_id": [...]})
@@ -10,14 +11,16 @@
 
 `score` checks every model input (name, dtype, shape; model_info.json of the export is the contract) and raises a
 ValueError naming the input, then calls the `serving_default` concrete function once: no Keras, no `predict`
-(DESIGN.md section 10: `predict_on_batch` costs 3-5x the signature call). Unknown ids need no special handling:
+(docs/design.md, section 10: `predict_on_batch` costs 3-5x the signature call). Unknown ids need no special handling:
 the exported graph maps ids it never saw in training to its OOV buckets.
 
 `rank` fills the model inputs from three places, in this order: the request's ids (user_id and query_id, repeated
-per candidate; product_id and ad_id), the feature store's online features (feature_store.online.OnlineFeatures:
-every training-set feature except ids, ts and labels), and `context` entries of the same name (a scalar for the
-whole request or one value per candidate; e.g. campaign_id and advertiser_id, which the ad server knows with the
-candidates and the feature store does not serve). An input found in none of them is a ValueError naming it.
+per candidate; product_id and ad_id), the online features of the injected feature source (`features=`, any object
+with the `OnlineFeatureSource` method below; feature_store.online.OnlineFeatures serves every training-set feature
+except ids, ts and labels), and `context` entries of the same name (a scalar for the whole request or one value per
+candidate; e.g. campaign_id and advertiser_id, which the ad server knows with the candidates and the feature store
+does not serve). An input found in none of them is a ValueError naming it. The ranker never imports the feature
+store: the caller builds the source (a store client, a fake in tests) and passes it in.
 
 For latency measurements, `single_thread=True` (or `set_single_thread()` before anything runs in TensorFlow) pins
 TensorFlow to one intra-op and one inter-op thread.
@@ -26,9 +29,13 @@ TensorFlow to one intra-op and one inter-op thread.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Protocol
 
 import numpy as np
 import pandas as pd
+
+from ranking.serving.contract import read_model_info, resolve_version_dir
+from ranking.tf_legacy_keras import tf
 
 # Accepted numpy kinds per declared dtype; values of these kinds are cast, anything else is a dtype error.
 _KINDS = {"int64": "iu", "float32": "fiu", "string": "SUO"}
@@ -36,10 +43,20 @@ _NUMPY = {"int64": np.int64, "float32": np.float32, "string": None}
 REQUEST_IDS = ("user_id", "query_id", "product_id", "ad_id")
 
 
+class OnlineFeatureSource(Protocol):
+    """What OnlineRanker asks of an online feature store (feature_store.online.OnlineFeatures is one).
+
+    get(...) returns {feature name: numpy array of one value ([N]) or one vector ([N, dim]) per candidate, in the
+    candidates' order} for the request; the ranker takes the model inputs it finds there. An optional
+    `embedding_dim` attribute is checked against the model's embedding inputs when the ranker is built.
+    """
+
+    def get(self, user_id: int, query_id: int, product_ids: list[int], context: dict,
+            ad_ids: list[int] | None = None) -> Mapping[str, np.ndarray]: ...
+
+
 def set_single_thread() -> None:
     """One intra-op and one inter-op thread for TensorFlow (call before TensorFlow has run anything)."""
-    from ranking._tf import tf
-
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -51,21 +68,16 @@ def set_single_thread() -> None:
 class OnlineRanker:
     """Scores and ranks one request's candidates with an exported SavedModel.
 
-    model_dir: `<export_dir>/<model>/<version>/`, or `<export_dir>/<model>/` for its highest version. data_dir / embedding_version: where the online features live
-    (embedding_version defaults to the one the model was trained on, from model_info.json). online: any object
-    with OnlineFeatures' `get(user_id, query_id, product_ids, context, ad_ids=...)` method, used instead of
-    building one from data_dir (tests inject a fake; a service can share one store client). Neither is needed
-    for `score`.
+    model_dir: `<export_dir>/<model>/<version>/`, or `<export_dir>/<model>/` for its highest version.
+    features: the online feature source `rank` fetches from (an `OnlineFeatureSource` the caller builds: e.g.
+    feature_store.online.OnlineFeatures(data_dir, <the embedding_version in the export's model_info.json>), a
+    shared store client, or a fake in tests); `score` needs none. single_thread: see set_single_thread.
     """
 
-    def __init__(self, model_dir: str | Path, data_dir: str | Path | None = None,
-                 embedding_version: str | None = None, online=None, single_thread: bool = False):
+    def __init__(self, model_dir: str | Path, features: OnlineFeatureSource | None = None,
+                 single_thread: bool = False):
         if single_thread:
             set_single_thread()
-        from ranking._tf import tf
-
-        from ranking.saved_model import read_model_info, resolve_version_dir
-
         self.model_dir = resolve_version_dir(model_dir)
         self.info = read_model_info(self.model_dir)
         self._loaded = tf.saved_model.load(str(self.model_dir))  # keeps the variables alive
@@ -76,14 +88,10 @@ class OnlineRanker:
             shape = entry["shape"]
             self._inputs.append((name, entry["dtype"], _NUMPY[entry["dtype"]], shape[1] if len(shape) == 2 else None))
         self._constant = tf.constant
-        self.embedding_version = embedding_version or self.info.get("embedding_version")
-        self.online = online
-        if online is None and data_dir is not None:
-            from feature_store.online import OnlineFeatures
-
-            self.online = OnlineFeatures(data_dir, self.embedding_version)
+        self.embedding_version = self.info.get("embedding_version")  # what the model was trained on
+        self.feature_source = features
         dims = {width for _, _, _, width in self._inputs if width}
-        store_dim = getattr(self.online, "embedding_dim", None)
+        store_dim = getattr(features, "embedding_dim", None)
         if store_dim is not None and dims and store_dim not in dims:
             raise ValueError(f"the online store's embeddings have width {store_dim}, the model {self.model_dir} "
                              f"expects {sorted(dims)} (embedding_version {self.embedding_version})")
@@ -132,13 +140,13 @@ class OnlineRanker:
         out = self._fn(**{name: constant(values) for name, values in feed.items()})
         return out["probability"].numpy()
 
-    def features(self, user_id: int, query_id: int, product_ids, ad_ids, context: dict) -> dict[str, np.ndarray]:
+    def model_inputs(self, user_id: int, query_id: int, product_ids, ad_ids, context: dict) -> dict[str, np.ndarray]:
         """Every model input for one request: request ids, online features, then context entries (see module)."""
-        if self.online is None:
-            raise ValueError("OnlineRanker has no feature source: pass data_dir=... (or online=...) to rank")
+        if self.feature_source is None:
+            raise ValueError("OnlineRanker has no feature source: pass features=<an OnlineFeatureSource> to rank")
         product_ids = np.asarray(product_ids, np.int64)
         n = len(product_ids)
-        fetched = self.online.get(user_id, query_id, product_ids.tolist(), context, ad_ids=list(ad_ids))
+        fetched = self.feature_source.get(user_id, query_id, product_ids.tolist(), context, ad_ids=list(ad_ids))
         out = {"user_id": np.full(n, user_id, np.int64), "query_id": np.full(n, query_id, np.int64),
                "product_id": product_ids, "ad_id": np.asarray(ad_ids, np.int64)}
         for name in self.input_names:
@@ -157,8 +165,8 @@ class OnlineRanker:
     def rank(self, user_id: int, query_id: int, product_ids, ad_ids, context: dict) -> pd.DataFrame:
         """Candidates as a DataFrame (product_id, ad_id, probability), highest probability first (ties keep
         the candidates' order)."""
-        feats = self.features(user_id, query_id, product_ids, ad_ids, context)
-        probability = self.score(feats)
+        inputs = self.model_inputs(user_id, query_id, product_ids, ad_ids, context)
+        probability = self.score(inputs)
         order = np.argsort(-probability, kind="stable")
-        return pd.DataFrame({"product_id": feats["product_id"][order], "ad_id": feats["ad_id"][order],
+        return pd.DataFrame({"product_id": inputs["product_id"][order], "ad_id": inputs["ad_id"][order],
                              "probability": probability[order]})

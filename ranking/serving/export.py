@@ -1,12 +1,12 @@
 """Export a trained pCTR model for TensorFlow Serving, register it, and verify an export.
 
-    python -m ranking.export --run <run id | models:/<name>@<alias> | models:/<name>/<version>> --out exports
-                             [--alias champion|challenger] [--register-name NAME]
-    python -m ranking.export --verify exports/dashclip_two_tower/3
+    python -m ranking.serving.export --run <run id | models:/<name>@<alias> | models:/<name>/<version>> --out exports
+                                     [--alias champion|challenger] [--register-name NAME] [--no-progress]
+    python -m ranking.serving.export --verify exports/dashclip_two_tower/3 [--no-progress]
 
 `--run` rebuilds the model of an MLflow model run of `python -m ranking.train` (a child run named after the model:
 its `checkpoint` tag is the folder of the final weights, its `model_build.json` artifact holds the kind, feature
-spec, network config and preprocessing), writes `<out>/<model kind>/<version>/` with ranking.saved_model
+spec, network config and preprocessing), writes `<out>/<model kind>/<version>/` with ranking.serving.contract
 (versions only grow), logs that folder as the run's artifacts under `serving/<model kind>/<version>`, and
 registers it in the MLflow model registry as a new version of `--register-name` (default `pctr-<model kind>`),
 with `--alias` pointing at it. The registered version's source is the logged artifact folder, so
@@ -18,20 +18,36 @@ probabilities with the Keras model rebuilt from the MLflow run named in model_in
 difference and `saved_model_cli show --all`, and exits 1 if the difference exceeds 1e-5.
 
 Exit codes: 0 ok, 1 verification failed, 2 bad arguments (unknown run or alias, a run without a checkpoint,
-a missing folder): one line on stderr naming the problem.
+a missing folder): one line on stderr naming the problem. A progress bar on stderr follows the steps of either.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from tqdm import tqdm
+
+from core.tracking import tracking_uri
+from ranking.config import NetConfig
+from ranking.fit import restore_final
+from ranking.models import build_model
+from ranking.preprocessing import Preprocessing
+from ranking.serving.contract import (EXAMPLES_INPUT, WARMUP_ROWS, export_model, read_model_info, read_warmup,
+                                      resolve_version_dir)
+from ranking.serving.tf_example import parse_spec
+from ranking.tf_legacy_keras import tf
+from ranking.training_set import FeatureSpec, first_rows
 
 TOLERANCE = 1e-5
 ALIASES = ("champion", "challenger")
@@ -52,18 +68,12 @@ class Exported:
 # ---------------------------------------------------------------------------------------------- the MLflow run
 
 
-def _client():
-    from mlflow import MlflowClient
-
-    from core.tracking import tracking_uri
-
+def _client() -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
 def resolve_run(client, ref: str):
     """The MLflow run behind a run id or a registry URI (models:/<name>@<alias>, models:/<name>/<version>)."""
-    from mlflow.exceptions import MlflowException
-
     if ref.startswith("models:/"):
         body = ref[len("models:/"):]
         try:
@@ -95,13 +105,6 @@ def _model_runs_below(client, run) -> list[str]:
 
 def rebuild_model(client, run):
     """The trained, calibrated Keras model of a model run: build_model from model_build.json + restore_final."""
-    import mlflow
-
-    from ranking.config import NetConfig
-    from ranking.data import FeatureSpec
-    from ranking.models import Preprocessing, build_model
-    from ranking.trainer import restore_final
-
     run_id = run.info.run_id
     checkpoint = run.data.tags.get("checkpoint")
     if not checkpoint:
@@ -138,29 +141,11 @@ def _training_set(client, run) -> Path:
     return Path(tags["training_set"])
 
 
-def warmup_columns(folder: Path, spec, n: int) -> dict[str, np.ndarray]:
+def warmup_columns(folder: Path, spec: FeatureSpec, n: int) -> dict[str, np.ndarray]:
     """The first n rows of the training set's test split, as the model's input columns."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ranking.data import _bytes_column, _dense_column, _embedding_column, _int_column, _split_files
-
     if not folder.is_dir():
         raise ExportError(f"training set {folder} does not exist: the warm-up requests need its test rows")
-    first = _split_files(folder, "test")[0]
-    batch = next(pq.ParquetFile(first).iter_batches(batch_size=n, columns=list(spec.inputs)))
-    table = pa.Table.from_batches([batch])
-    where = str(first)
-    cols = {}
-    for c in spec.int_ids:
-        cols[c] = _int_column(table.column(c), c, where)
-    for c in spec.str_ids:
-        cols[c] = _bytes_column(table.column(c), c, where)
-    for c in spec.dense:
-        cols[c] = _dense_column(table.column(c))
-    for c in spec.embeddings:
-        cols[c] = _embedding_column(table.column(c), c, spec.embedding_dim, where)
-    return cols
+    return first_rows(folder, "test", spec, n)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -168,43 +153,52 @@ def warmup_columns(folder: Path, spec, n: int) -> dict[str, np.ndarray]:
 
 def register(client, name: str, run_id: str, source: str, alias: str | None, tags: dict[str, str]):
     """A new version of registered model `name` (created if new) from `source`; `alias` is moved onto it."""
-    from mlflow.exceptions import MlflowException
-
     try:
         client.get_registered_model(name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        client.create_registered_model(name, description="pCTR ranker: TensorFlow SavedModel (ranking.export)")
+        client.create_registered_model(name, description="pCTR ranker: TensorFlow SavedModel (ranking.serving.export)")
     version = client.create_model_version(name, source, run_id=run_id, tags=tags)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return version
 
 
-def export_run(ref: str, out: str | Path, alias: str | None = None, register_name: str | None = None) -> Exported:
-    """Rebuild the model of `ref`, write the next version under `out`, log it on the run and register it."""
-    from ranking.saved_model import WARMUP_ROWS, export_model
-
+def export_run(ref: str, out: str | Path, alias: str | None = None, register_name: str | None = None,
+               progress: bool = False) -> Exported:
+    """Rebuild the model of `ref`, write the next version under `out`, log it on the run and register it.
+    progress: a bar over these steps on stderr."""
     client = _client()
     run = resolve_run(client, ref)
-    model = rebuild_model(client, run)
-    run_id = run.info.run_id
-    folder = _training_set(client, run)
-    parent_id = run.data.tags.get("mlflow.parentRunId", "")
-    parent_tags = client.get_run(parent_id).data.tags if parent_id else {}
-    embedding_model = json.loads(parent_tags.get("embedding_model", "{}") or "{}")
-    path = export_model(model, out, model.kind, warmup=warmup_columns(folder, model.spec, WARMUP_ROWS),
-                        extra_assets={"mlflow_run_id": run_id, "mlflow_parent_run_id": parent_id,
-                                      "embedding_version": parent_tags.get("embedding_version", ""),
-                                      "embedding_model": embedding_model, "training_set": str(folder)})
-    artifact_path = f"serving/{model.kind}/{path.name}"
-    client.log_artifacts(run_id, str(path), artifact_path)
-    client.set_tag(run_id, "export_path", str(path.resolve()))
-    name = register_name or f"pctr-{model.kind}"
-    version = register(client, name, run_id, f"{run.info.artifact_uri}/{artifact_path}", alias,
-                       {"export_path": str(path.resolve()), "serving_version": path.name, "model": model.kind})
+    with tqdm(total=4, desc="export", unit="step", postfix="rebuilding the trained model",
+              disable=not progress) as bar:
+        model = rebuild_model(client, run)
+        run_id = run.info.run_id
+        folder = _training_set(client, run)
+        parent_id = run.data.tags.get("mlflow.parentRunId", "")
+        parent_tags = client.get_run(parent_id).data.tags if parent_id else {}
+        embedding_model = json.loads(parent_tags.get("embedding_model", "{}") or "{}")
+        _next_step(bar, "writing the SavedModel")
+        path = export_model(model, out, model.kind, warmup=warmup_columns(folder, model.spec, WARMUP_ROWS),
+                            extra_assets={"mlflow_run_id": run_id, "mlflow_parent_run_id": parent_id,
+                                          "embedding_version": parent_tags.get("embedding_version", ""),
+                                          "embedding_model": embedding_model, "training_set": str(folder)})
+        _next_step(bar, "logging it on the MLflow run")
+        artifact_path = f"serving/{model.kind}/{path.name}"
+        client.log_artifacts(run_id, str(path), artifact_path)
+        client.set_tag(run_id, "export_path", str(path.resolve()))
+        _next_step(bar, "registering it")
+        name = register_name or f"pctr-{model.kind}"
+        version = register(client, name, run_id, f"{run.info.artifact_uri}/{artifact_path}", alias,
+                           {"export_path": str(path.resolve()), "serving_version": path.name, "model": model.kind})
+        _next_step(bar, f"{path}")
     return Exported(path, run_id, name, str(version.version))
+
+
+def _next_step(bar: tqdm, step: str) -> None:
+    bar.update()
+    bar.set_postfix_str(step)
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -241,8 +235,6 @@ def _saved_model_cli(version_dir: Path) -> str:
 
 
 def _quiet_env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -256,36 +248,40 @@ def replay_in_fresh_process(version_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def verify(version_dir: str | Path) -> tuple[float, str]:
-    """(max abs difference between the SavedModel and the Keras model over the warm-up requests, report text)."""
-    from ranking._tf import tf
-    from ranking.examples import parse_spec
-    from ranking.saved_model import EXAMPLES_INPUT, read_model_info, read_warmup, resolve_version_dir
-
+def verify(version_dir: str | Path, progress: bool = False) -> tuple[float, str]:
+    """(max abs difference between the SavedModel and the Keras model over the warm-up requests, report text).
+    progress: a bar over the steps on stderr."""
     version_dir = resolve_version_dir(version_dir)
     try:
         info = read_model_info(version_dir)
     except ValueError as e:
-        raise ExportError(f"{version_dir} is not an export of ranking.saved_model: {e}") from e
+        raise ExportError(f"{version_dir} is not a ranking export: {e}") from e
     if not info.get("mlflow_run_id"):
         raise ExportError(f"{version_dir}/assets.extra/model_info.json names no mlflow_run_id: cannot rebuild the "
                           f"Keras model to compare with")
     client = _client()
-    model = rebuild_model(client, resolve_run(client, info["mlflow_run_id"]))
-    fresh = replay_in_fresh_process(version_dir)
-    requests = read_warmup(version_dir)
-    lines, worst = [], 0.0
-    for (signature, tensors), reply in zip(requests, fresh["replies"], strict=True):
-        if signature == "serve_tf_example":  # the Keras model gets the rows the examples hold
-            tensors = tf.io.parse_example(tf.constant(tensors[EXAMPLES_INPUT]), parse_spec(info["inputs"]))
-        keras = tf.sigmoid(model({k: tf.constant(v) for k, v in tensors.items()}, training=False)).numpy()
-        diff = float(np.max(np.abs(np.asarray(reply["probability"], np.float64) - keras))) if len(keras) else 0.0
-        worst = max(worst, diff)
-        lines.append(f"  {signature}: {len(keras)} rows, max |SavedModel - Keras| = {diff:.2e}")
+    with tqdm(total=4, desc="verify", unit="step", postfix="rebuilding the Keras model",
+              disable=not progress) as bar:
+        model = rebuild_model(client, resolve_run(client, info["mlflow_run_id"]))
+        _next_step(bar, "replaying the warm-up requests in a fresh process")
+        fresh = replay_in_fresh_process(version_dir)
+        _next_step(bar, "comparing with the Keras model")
+        requests = read_warmup(version_dir)
+        lines, worst = [], 0.0
+        for (signature, tensors), reply in zip(requests, fresh["replies"], strict=True):
+            if signature == "serve_tf_example":  # the Keras model gets the rows the examples hold
+                tensors = tf.io.parse_example(tf.constant(tensors[EXAMPLES_INPUT]), parse_spec(info["inputs"]))
+            keras = tf.sigmoid(model({k: tf.constant(v) for k, v in tensors.items()}, training=False)).numpy()
+            diff = float(np.max(np.abs(np.asarray(reply["probability"], np.float64) - keras))) if len(keras) else 0.0
+            worst = max(worst, diff)
+            lines.append(f"  {signature}: {len(keras)} rows, max |SavedModel - Keras| = {diff:.2e}")
+        _next_step(bar, "saved_model_cli show --all")
+        cli = _saved_model_cli(version_dir)
+        _next_step(bar, "done")
     report = [f"verify {version_dir}: {len(requests)} warm-up requests replayed in a fresh process "
               f"(project modules loaded there: {', '.join(fresh['project_modules']) or 'none'})", *lines,
               f"max abs diff {worst:.2e} (tolerance {TOLERANCE:.0e}): {'OK' if worst <= TOLERANCE else 'FAILED'}",
-              "", "saved_model_cli show --all:", _saved_model_cli(version_dir)]
+              "", "saved_model_cli show --all:", cli]
     return worst, "\n".join(report)
 
 
@@ -293,25 +289,25 @@ def verify(version_dir: str | Path) -> tuple[float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ranking.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ranking.serving.export", description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--run", help="MLflow model run id, models:/<name>@<alias> or models:/<name>/<version>")
-    action.add_argument("--verify", metavar="VERSION_DIR", help="an export's <model>/<version> folder to check (a <model> folder: its highest version)")
+    action.add_argument("--verify", metavar="VERSION_DIR",
+                        help="an export's <model>/<version> folder to check (a <model> folder: its highest version)")
     parser.add_argument("--out", help="export root (required with --run): writes <out>/<model kind>/<version>/")
     parser.add_argument("--alias", choices=ALIASES, help="registry alias to point at the new version")
     parser.add_argument("--register-name", help="registered model name (default pctr-<model kind>)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small JSON file per call
     try:
         if args.verify:
-            diff, report = verify(args.verify)
+            diff, report = verify(args.verify, args.progress)
             print(report)
             return 0 if diff <= TOLERANCE else 1
         if not args.out:
             raise ExportError("--run needs --out <export_dir>")
-        done = export_run(args.run, args.out, args.alias, args.register_name)
+        done = export_run(args.run, args.out, args.alias, args.register_name, args.progress)
         alias = f" (alias {args.alias})" if args.alias else ""
         print(f"exported run {done.run_id} to {done.path}; registered as {done.registered_name} version "
               f"{done.registered_version}{alias}")

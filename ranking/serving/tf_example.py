@@ -1,9 +1,10 @@
-"""Model inputs <-> serialized `tf.Example` protos, for the SavedModel's `serve_tf_example` signature.
+"""Model input columns <-> serialized `tf.Example` protos, for the SavedModel's `serve_tf_example` signature.
 
     spec = parse_spec(info["inputs"])                     # for tf.io.parse_example inside the signature
     examples = encode_examples(columns, info["inputs"])   # list[bytes], one tf.Example per row
+    columns = table_to_columns(arrow_table, info["inputs"])   # an Arrow table's model inputs as numpy columns
 
-`inputs` is model_info.json's "inputs" (ranking.saved_model.signature_description): {name: {"dtype": "int64" |
+`inputs` is model_info.json's "inputs" (ranking.serving.contract.signature_description): {name: {"dtype": "int64" |
 "string" | "float32", "shape": [-1] or [-1, dim]}}. Each id or dense input is one value per example; each
 embedding is a float list of exactly `dim` values. Encoding goes numpy -> Arrow list columns -> tfx-bsl's C++
 RecordBatchToExamplesEncoder, so no Python runs per value or per row. Every problem with the columns (missing,
@@ -16,8 +17,11 @@ from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
+from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
-from ranking.data import Embeddings
+from feature_store.schema import checked_embedding_matrix
+from ranking.tf_legacy_keras import tf
+from ranking.training_set import Embeddings
 
 DTYPES = ("int64", "string", "float32")
 
@@ -39,8 +43,6 @@ def parse_spec(inputs: dict[str, dict]) -> dict:
 
     No defaults: an example that lacks a feature fails tf.io.parse_example with an error naming the feature.
     """
-    import tensorflow as tf
-
     tf_dtype = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
     out = {}
     for name, entry in inputs.items():
@@ -123,12 +125,30 @@ def encode_examples(columns: Mapping[str, np.ndarray], inputs: dict[str, dict]) 
     """Serialized tf.train.Example per row, with exactly the declared inputs (extra columns are ignored).
 
     columns: [n] arrays (int64 ids, bytes/str ids, float dense) or [n, dim] float32 embeddings (numpy or
-    ranking.data.Embeddings). A missing column, a wrong width or a wrong dtype raises ValueError naming it.
+    ranking.training_set.Embeddings). A missing column, a wrong width or a wrong dtype raises ValueError naming it.
     """
-    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
-
     checked = check_columns(columns, inputs)
     if not inputs or not len(next(iter(checked.values()))):
         return []
     arrays = [_arrow_column(checked[name], _declared(name, entry)[1]) for name, entry in inputs.items()]
     return RecordBatchToExamplesEncoder().encode(pa.RecordBatch.from_arrays(arrays, list(inputs)))
+
+
+def table_to_columns(table: pa.Table, inputs: dict[str, dict], error: type[Exception] = ValueError
+                     ) -> dict[str, np.ndarray]:
+    """The model inputs of an Arrow table as numpy columns for encode_examples (column-wise, no per-row Python
+    except for string ids, which are handed over as bytes). A null or an embedding of the wrong width raises
+    `error` naming the column."""
+    out = {}
+    for name, entry in inputs.items():
+        column = table.column(name).combine_chunks()
+        if len(entry["shape"]) == 2:
+            out[name] = checked_embedding_matrix(column, name, entry["shape"][1], error=error)
+            continue
+        if column.null_count:
+            raise error(f"column '{name}' has {column.null_count} null values (the model needs one "
+                        f"{entry['dtype']} per row)")
+        if entry["dtype"] == "string":
+            column = column.cast(pa.binary())
+        out[name] = column.to_numpy(zero_copy_only=False)
+    return out

@@ -1,4 +1,4 @@
-"""ranking.data: reading a training set, the input checks that run before training, the tf.data pipeline."""
+"""ranking.training_set: reading a training set and the input checks that run before training."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from tests.helpers.training_sets import make_training_set, rewrite_split
 
-from core.config import ConfigError, load_config
-from ranking.data import FeatureConfig, TrainingSetError, load_training_set, resolve_training_set
+from ranking.config import FeatureConfig
+from ranking.training_set import TrainingSetError, first_rows, load_training_set, resolve_training_set
 
 FC = FeatureConfig()
 
@@ -119,61 +119,11 @@ def test_labels_must_be_binary(copy):
         load_training_set(copy, FC)
 
 
-def test_unknown_config_key_is_named():
-    from ranking.train import RankingConfig
-
-    with pytest.raises(ConfigError, match="unknown key 'train.epoch'.*did you mean 'train.epochs'"):
-        load_config(RankingConfig, None, ["train.epoch=3"])
-    with pytest.raises(ConfigError, match="unknown model"):
-        load_config(RankingConfig, None, ["models=[dcn, dcnn]"])
-    with pytest.raises(ConfigError, match="features.nan_policy"):
-        load_config(RankingConfig, None, ["features.nan_policy=drop"])
-    with pytest.raises(ConfigError, match="gain_slices: unknown slice.*product_nwe"):
-        load_config(RankingConfig, None, ["gain_slices=[query_tail, product_nwe]"])
-    assert load_config(RankingConfig, None, ["gain_slices=[position_3, product_cold]"]).gain_slices == (
-        "position_3", "product_cold")
-
-
-def test_dataset_batches_shuffle_each_epoch_and_cover_every_row(synth):
-    from ranking.data import make_dataset
-
+def test_first_rows_are_the_split_s_first_rows_as_model_inputs(synth):
     data = load_training_set(synth, FC)
-    train = data["train"]
-    ds = make_dataset(train, data.spec, 256, shuffle=True, seed=3)
-
-    def epoch_ids():
-        ids = []
-        for features, labels in ds:
-            assert features["product_embedding"].shape[1] == 16
-            assert features["device"].dtype.name == "string" and labels.dtype.name == "float32"
-            ids.append(features["product_id"].numpy())
-        return np.concatenate(ids)
-
-    first, second = epoch_ids(), epoch_ids()
-    assert sorted(first) == sorted(train.columns["product_id"])  # every row exactly once
-    assert not np.array_equal(first, second)  # a new permutation each epoch
-    again = make_dataset(train, data.spec, 256, shuffle=True, seed=3)
-    replay = np.concatenate([f["product_id"].numpy() for f, _ in again])
-    np.testing.assert_array_equal(first, replay)  # (seed, epoch) decide the order: resumable
-
-
-def test_dataset_rows_carry_every_input_of_their_own_row(synth):
-    """Batches gather stacked id / dense blocks: each value must still land in its own column and row."""
-    from ranking.data import make_dataset
-
-    data = load_training_set(synth, FC)
-    valid, spec = data["valid"], data.spec
-    got = {name: [] for name in spec.inputs}
-    labels = []
-    for features, label in make_dataset(valid, spec, 100):  # not shuffled: rows in split order
-        for name in spec.inputs:
-            got[name].append(features[name].numpy())
-        labels.append(label.numpy())
+    spec, test = data.spec, data["test"]
+    rows = first_rows(synth, "test", spec, 5)
+    assert list(rows) == list(spec.ids) + list(spec.dense) + list(spec.embeddings)
     for name in spec.inputs:
-        expected = valid.columns[name]
-        expected = np.asarray(expected[np.arange(len(valid))]) if name in spec.embeddings else expected
-        np.testing.assert_array_equal(np.concatenate(got[name]), expected, err_msg=name)
-        assert got[name][0].dtype == (np.float32 if name in spec.dense + spec.embeddings else
-                                      np.int64 if name in spec.int_ids else object), name
-    np.testing.assert_array_equal(np.concatenate(labels), valid.labels.astype(np.float32))
-    assert spec.int_ids and spec.dense and spec.str_ids  # the fixture exercises every block
+        expected = test.columns[name][np.arange(5)] if name in spec.embeddings else test.columns[name][:5]
+        np.testing.assert_array_equal(np.asarray(rows[name][np.arange(5)]), expected, err_msg=name)

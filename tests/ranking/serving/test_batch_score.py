@@ -1,0 +1,137 @@
+"""Batch scoring on Beam (`python -m ranking.serving.batch_score`) against direct calls of the exported
+SavedModel's `serving_default` signature (the package's trained model: tests/ranking/serving/conftest.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.runners.portability import prism_runner
+
+from ranking.serving.batch_score import count_rows, main, pipeline_options, plan_scoring, run_pipeline
+
+DIM = 16  # make_training_set's embedding width
+
+
+def test_batch_scores_match_direct_calls_one_per_row(trained, test_table, direct, tmp_path, monkeypatch):
+    # No --runner: the pipeline must not go near Prism (Beam's DirectRunner tries to download its binary first).
+    prism_calls = []
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: prism_calls.append(a) or 1 / 0)
+    # Two input files (the folder form of --input) and a batch size that leaves a partial last batch.
+    half = test_table.num_rows // 2
+    (tmp_path / "in").mkdir()
+    pq.write_table(test_table.slice(0, half), tmp_path / "in" / "part-0.parquet")
+    pq.write_table(test_table.slice(half), tmp_path / "in" / "part-1.parquet")
+    out = tmp_path / "out" / "scores.parquet"
+    assert main(["--model", str(trained.version), "--input", str(tmp_path / "in"), "--output", str(out),
+                 "--batch-size", "700"]) == 0
+
+    assert prism_calls == []
+    scores = pq.read_table(out)
+    assert scores.column_names == ["impression_id", "request_id", "user_id", "query_id", "product_id", "ad_id",
+                                   "probability"]
+    assert scores.num_rows == test_table.num_rows
+    ids = test_table.column("impression_id").to_numpy()
+    got_ids = scores.column("impression_id").to_numpy()
+    assert len(np.unique(got_ids)) == len(got_ids)  # exactly one score per input row
+    row = {int(i): k for k, i in enumerate(ids)}
+    where = np.array([row[int(i)] for i in got_ids])  # raises KeyError for an id not in the input
+    for key in ("request_id", "user_id", "query_id", "product_id", "ad_id"):
+        assert np.array_equal(scores.column(key).to_numpy(), test_table.column(key).to_numpy()[where]), key
+    prob = scores.column("probability").to_numpy()
+    assert prob.dtype == np.float32
+    assert np.abs(prob - direct[where]).max() <= 1e-6
+    assert prob.std() > 0.01  # real scores, not a constant
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scores.parquet"]  # no temporary leftovers
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def _set_width(table: pa.Table, name: str, width: int) -> pa.Table:
+    """The embedding column cut (or zero-padded) to another width."""
+    values = np.array(table.column(name).to_pylist(), np.float32)
+    values = values[:, :width] if width <= values.shape[1] else np.pad(values, ((0, 0), (0, width - DIM)))
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(list(values), pa.list_(pa.float32())))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_model", "does not exist"),
+    ("no_model_info", "model_info.json"),
+    ("missing_feature", "'product_embedding'"),
+    ("wrong_width", "'query_embedding'"),
+    ("empty", "no rows"),
+    ("missing_key", "key column 'basket_id'"),
+])
+def test_batch_score_errors_name_the_problem(case, expected, trained, test_table, tmp_path, capsys):
+    model, data = trained.version, tmp_path / "in.parquet"
+    sample = test_table.slice(0, 50)
+    keys = []
+    if case == "no_model":
+        model = tmp_path / "nowhere" / "1"
+    elif case == "no_model_info":
+        model = tmp_path / "copy" / "1"
+        shutil.copytree(trained.version, model, ignore=shutil.ignore_patterns("assets.extra"))
+    elif case == "missing_feature":
+        sample = sample.drop_columns(["product_embedding"])
+    elif case == "wrong_width":
+        sample = _set_width(sample, "query_embedding", DIM - 1)
+    elif case == "empty":
+        sample = sample.slice(0, 0)
+    elif case == "missing_key":
+        keys = ["--keys", "impression_id,basket_id"]
+    _write(sample, data)
+    out = tmp_path / "scores.parquet"
+    assert main(["--model", str(model), "--input", str(data), "--output", str(out), *keys]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    if case == "wrong_width":
+        assert f"width {DIM}" in err, err
+    assert not out.exists()
+
+
+def test_failed_pipeline_leaves_no_output(trained, test_table, tmp_path):
+    """A wrong width the pre-check cannot see (second row group) fails inside the pipeline: no output file and
+    no temporary folder are left, and an older output at the same path is untouched."""
+    good = test_table.slice(0, 300)
+    bad = _set_width(test_table.slice(300, 300), "history_embedding", DIM + 2)
+    data = tmp_path / "in.parquet"
+    with pq.ParquetWriter(data, good.schema) as writer:  # row group 0 fine, row group 1 too wide
+        writer.write_table(good)
+        writer.write_table(bad.cast(good.schema))
+    assert pq.ParquetFile(data).metadata.num_row_groups == 2
+    out = tmp_path / "out" / "scores.parquet"
+    _write(pa.table({"old": [1]}), out)
+    with pytest.raises(Exception, match="history_embedding"):
+        main(["--model", str(trained.version), "--input", str(data), "--output", str(out), "--batch-size", "128"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scores.parquet"]
+    assert pq.read_table(out).column_names == ["old"]
+
+
+def test_beam_runner_defaults_to_fnapi_and_a_given_runner_is_kept():
+    assert pipeline_options([]).view_as(StandardOptions).runner == "FnApiRunner"
+    options = pipeline_options(["--direct_num_workers=2"])
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    assert pipeline_options(["--runner=FlinkRunner"]).view_as(StandardOptions).runner == "FlinkRunner"
+    assert pipeline_options(["--runner", "PrismRunner"]).view_as(StandardOptions).runner == "PrismRunner"
+
+
+def test_progress_bar_counts_every_scored_row(trained, test_table, tmp_path, capfd):
+    data = tmp_path / "in.parquet"
+    pq.write_table(test_table.slice(0, 500), data)
+    plan = plan_scoring(trained.version, data)
+    run_pipeline(plan, tmp_path / "scores.parquet", 128, [], progress=True)
+    err = capfd.readouterr().err
+    assert "batch score" in err and "500/500" in err, err
+    # Outside a running pipeline the counting step passes its batch through untouched.
+    scored = pa.table({"impression_id": [1, 2], "probability": pa.array([0.1, 0.2], pa.float32())})
+    assert count_rows(scored, "no such pipeline") is scored

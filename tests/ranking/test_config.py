@@ -1,0 +1,43 @@
+"""ranking.config: the RankingConfig tree loads from YAML and overrides, and names every bad key or value."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import ConfigError, load_config
+from ranking.config import RankingConfig
+from tests.conftest import ROOT
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'.*did you mean 'train.epochs'"):
+        load_config(RankingConfig, None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown model"):
+        load_config(RankingConfig, None, ["models=[dcn, dcnn]"])
+    with pytest.raises(ConfigError, match="features.nan_policy"):
+        load_config(RankingConfig, None, ["features.nan_policy=drop"])
+    with pytest.raises(ConfigError, match="gain_slices: unknown slice.*product_nwe"):
+        load_config(RankingConfig, None, ["gain_slices=[query_tail, product_nwe]"])
+    assert load_config(RankingConfig, None, ["gain_slices=[position_3, product_cold]"]).gain_slices == (
+        "position_3", "product_cold")
+
+
+def test_gain_slices_and_product_history_edges():
+    config = load_config(RankingConfig, None, ["gain_slices=[product_history, product_history_1_10]"])
+    assert config.gain_slices == ("product_history", "product_history_1_10")
+    for edges in ("[10, 10]", "[-1, 3]", "[]"):
+        with pytest.raises(ConfigError, match="product_history_edges must be increasing"):
+            load_config(RankingConfig, None, [f"slices.product_history_edges={edges}"])
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_the_shipped_configs_load(name):
+    cfg = load_config(RankingConfig, ROOT / "experiments" / "configs" / "ranking" / f"{name}.yaml")
+    assert cfg.name == name and cfg.export_model in cfg.models
+
+
+def test_export_model_must_be_a_trained_neural_model():
+    with pytest.raises(ConfigError, match="is a baseline"):
+        load_config(RankingConfig, None, ["export_model=gbdt", "models=[gbdt]"])
+    with pytest.raises(ConfigError, match="is not among models"):
+        load_config(RankingConfig, None, ["models=[dcn]"])
