@@ -1,6 +1,6 @@
 """What every benchmark shares: a result line format and where results go.
 
-Each result is one JSON line with at least benchmark, metric, value, unit, config and git_sha (DESIGN.md
+Each result is one JSON line with at least benchmark, metric, value, unit, config and git_sha (docs/design.md
 section 9), printed and appended to benchmarks/results/<benchmark>.jsonl.
 """
 

@@ -11,7 +11,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports Ten
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD_CONFIGS = ROOT / "experiments" / "configs" / "world"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Small real public data sets (click logs, relevance judgments, photos), never copied into the repository: tests
+# that read them skip cleanly when the folder is absent. DASHCLIP_PUBLIC_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("DASHCLIP_PUBLIC_DATA", ROOT.parent / "shared" / "data"))
 
 
 def _world(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
