@@ -77,6 +77,10 @@ class FeatureConfig:
             raise ConfigError("features: ctr_prior_strength and dense_clip must be > 0")
 
 
+DENSE_INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal",
+                      "random_normal", "random_uniform", "truncated_normal", "orthogonal")
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """Architecture of the neural models (shared, so tower A is the same in every comparison)."""
@@ -87,6 +91,9 @@ class NetConfig:
     # wide inputs (benchmarks/ranking_bench.py measures both: rank 64 trains more examples/s, at a smaller share
     # of the matmul roof; the demo's AUC is the same either way).
     cross_projection_dim: int = 0
+    # matrix: DCN-V2's x_{l+1} = x0 * (W x_l + b) + x_l (full, or low rank with cross_projection_dim);
+    # vector: the original DCN's x_{l+1} = x0 * (x_l . w) + b + x_l (what DeepCTR's and FuxiCTR's DCN use)
+    cross_type: Literal["matrix", "vector"] = "matrix"
     structure: Literal["parallel", "stacked"] = "parallel"  # cross || deep, or cross -> deep
     deep_layers: tuple[int, ...] = (256, 128)
     content_projection_dim: int = 64  # embed_p, embed_q, embed_h widths
@@ -95,6 +102,13 @@ class NetConfig:
     dropout: float = 0.0
     embedding_l2: float = 0.0  # L2 on the id-embedding rows a batch uses (cheap: touched rows only)
     id_dropout: float = 0.05  # training: share of ids sent to their OOV row, which then learns unseen ids
+    # Initialisers: the id-embedding table (random_uniform in [-scale, scale], random_normal / truncated_normal with
+    # std scale (DeepCTR and FuxiCTR: normal, std 1e-4), or glorot_uniform) and the dense and cross kernels (a Keras
+    # initializer name: glorot_uniform, glorot_normal, he_uniform, he_normal, lecun_uniform, ...)
+    embedding_initializer: Literal["random_uniform", "random_normal", "truncated_normal", "glorot_uniform"] = \
+        "random_uniform"
+    embedding_init_scale: float = 0.05
+    dense_initializer: str = "glorot_uniform"
 
     def validate(self) -> None:
         if self.id_embedding_dim < 1 or self.content_projection_dim < 1:
@@ -105,6 +119,11 @@ class NetConfig:
             raise ConfigError("net: layer widths must be >= 1")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.id_dropout < 1.0:
             raise ConfigError("net: dropout and id_dropout must lie in [0, 1)")
+        if self.embedding_init_scale <= 0:
+            raise ConfigError("net.embedding_init_scale must be > 0")
+        if self.dense_initializer not in DENSE_INITIALIZERS:
+            raise ConfigError(f"net.dense_initializer: unknown '{self.dense_initializer}' (known: "
+                              f"{', '.join(DENSE_INITIALIZERS)})")
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,9 @@ class BaselineConfig:
     lr_crosses: tuple[tuple[str, str], ...] = (("query_id", "product_id"), ("query_id", "aisle"),
                                                 ("position", "product_id"))
     lr_c: float = 1.0
+    # non-empty: fit logistic_regression once per C of this grid and keep the best validation log loss (lr_c is
+    # then unused); the chosen C and every C's validation log loss are logged
+    lr_c_grid: tuple[float, ...] = ()
     # saga epochs at most (lbfgs is 50x slower on 2^20 hashed columns): it converges in about 50 and stops there;
     # a fit that reaches the limit first says so with scikit-learn's ConvergenceWarning
     lr_max_iter: int = 100
@@ -166,6 +188,8 @@ class BaselineConfig:
             raise ConfigError("baselines.lr_hash_bits must lie in [10, 26]")
         if self.lr_max_iter < 1:
             raise ConfigError("baselines.lr_max_iter must be >= 1")
+        if self.lr_c <= 0 or any(c <= 0 for c in self.lr_c_grid):
+            raise ConfigError("baselines.lr_c and every lr_c_grid value must be > 0")
 
 
 @dataclass(frozen=True)

@@ -94,26 +94,57 @@ class FeatureEncoder(tf.keras.layers.Layer):
 class FusedIdEmbedding(tf.keras.layers.Layer):
     """One [rows, d] table for every id feature; read only through tf.gather so its gradient stays row-sparse."""
 
-    def __init__(self, rows: int, dim: int, **kwargs):
+    def __init__(self, rows: int, dim: int, initializer: str = "random_uniform", scale: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         self.rows, self.dim = rows, dim
+        self.initializer, self.scale = initializer, scale
 
     def build(self, input_shape):
         self.table = self.add_weight(
             name="fused_id_table", shape=[self.rows, self.dim],
-            initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05), trainable=True)
+            initializer=embedding_initializer(self.initializer, self.scale), trainable=True)
 
     def call(self, fused_ids):
         return tf.gather(self.table, fused_ids)  # [B, F] -> [B, F, d]
 
 
-def _mlp(widths: tuple[int, ...], dropout: float, name: str) -> tf.keras.Sequential | None:
+def embedding_initializer(name: str, scale: float):
+    """NetConfig.embedding_initializer as a Keras initializer."""
+    if name == "random_uniform":
+        return tf.keras.initializers.RandomUniform(-scale, scale)
+    if name == "random_normal":
+        return tf.keras.initializers.RandomNormal(0.0, scale)
+    if name == "truncated_normal":
+        return tf.keras.initializers.TruncatedNormal(0.0, scale)
+    return tf.keras.initializers.GlorotUniform()
+
+
+class VectorCross(tf.keras.layers.Layer):
+    """The original DCN's cross layer (Wang et al. 2017): x_{l+1} = x0 * (x_l . w) + b + x_l, w and b [D0]."""
+
+    def __init__(self, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_initializer = kernel_initializer
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.w = self.add_weight(name="kernel", shape=[d, 1], initializer=self.kernel_initializer, trainable=True)
+        self.b = self.add_weight(name="bias", shape=[d], initializer="zeros", trainable=True)
+
+    def call(self, x0, x=None):
+        x = x0 if x is None else x
+        return x0 * tf.matmul(x, self.w) + self.b + x  # [B, D0] * [B, 1]
+
+
+def _mlp(widths: tuple[int, ...], dropout: float, name: str,
+         initializer: str = "glorot_uniform") -> tf.keras.Sequential | None:
     """ReLU layers of the given widths (None for no layers)."""
     if not widths:
         return None
     layers = []
     for i, units in enumerate(widths):
-        layers.append(tf.keras.layers.Dense(units, activation="relu", name=f"{name}_{i}"))
+        layers.append(tf.keras.layers.Dense(units, activation="relu", kernel_initializer=initializer,
+                                            name=f"{name}_{i}"))
         if dropout:
             layers.append(tf.keras.layers.Dropout(dropout))
     return tf.keras.Sequential(layers, name=name)
@@ -125,9 +156,13 @@ class DCNTower(tf.keras.layers.Layer):
     def __init__(self, net: NetConfig, **kwargs):
         super().__init__(**kwargs)
         rank = net.cross_projection_dim or None
-        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=rank, kernel_initializer="glorot_uniform",
-                                              name=f"cross_{i}") for i in range(net.cross_layers)]
-        self.deep = _mlp(net.deep_layers, net.dropout, "deep")
+        if net.cross_type == "vector":
+            self.crosses = [VectorCross(kernel_initializer=net.dense_initializer, name=f"cross_{i}")
+                            for i in range(net.cross_layers)]
+        else:
+            self.crosses = [tfrs.layers.dcn.Cross(projection_dim=rank, kernel_initializer=net.dense_initializer,
+                                                  name=f"cross_{i}") for i in range(net.cross_layers)]
+        self.deep = _mlp(net.deep_layers, net.dropout, "deep", net.dense_initializer)
         self.structure = net.structure
 
     def call(self, x0, training=False):
@@ -183,13 +218,15 @@ class PCTRModel(tfrs.models.Model):
         if self.content != "none" and not spec.embeddings:
             raise ValueError(f"model {kind!r} needs the DashCLIP embedding columns")
         self.encoder = FeatureEncoder(spec, prep, net.id_dropout, name="encoder")
-        self.id_embedding = FusedIdEmbedding(self.encoder.table_rows, net.id_embedding_dim, name="id_embedding")
+        self.id_embedding = FusedIdEmbedding(self.encoder.table_rows, net.id_embedding_dim, net.embedding_initializer,
+                                             net.embedding_init_scale, name="id_embedding")
         self.tower_a = DCNTower(net, name="tower_a")
         self.tower_b = None
         if self.content != "none":
             self.tower_b = DashClipTower(net, spec.embedding_dim, MODEL_KINDS[kind]["history"], name="tower_b")
-        self.content_mlp = _mlp(net.content_layers, net.dropout, "content_layers") if self.content == "tower" else None
-        self.head = _mlp(net.head_layers, net.dropout, "head") if self.content == "tower" else None
+        self.content_mlp = (_mlp(net.content_layers, net.dropout, "content_layers", net.dense_initializer)
+                            if self.content == "tower" else None)
+        self.head = _mlp(net.head_layers, net.dropout, "head", net.dense_initializer) if self.content == "tower" else None
         base = min(max(prep.base_rate, 1e-4), 1 - 1e-4)
         self.logit_layer = tf.keras.layers.Dense(
             1, name="logit", bias_initializer=tf.keras.initializers.Constant(math.log(base / (1 - base))))

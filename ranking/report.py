@@ -24,12 +24,49 @@ HEADLINE = ("auc", "logloss", "ne", "calibration", "gauc_request", "gauc_user")
 def split_metrics(name: str, y: np.ndarray, p: np.ndarray, split: Split,
                   slices: dict[str, np.ndarray] | None, min_count: int = 100) -> dict[str, float]:
     """{"<split>/<metric>": v} plus {"<split>/<metric>/<slice>": v} for every slice big enough."""
-    out = {f"{name}/{k}": v for k, v in metrics.evaluate(y, p, split.columns["request_id"],
-                                                          split.columns["user_id"]).items()}
+    out = {f"{name}/{k}": v for k, v in metrics.evaluate(y, p, split.columns.get("request_id"),
+                                                          split.columns.get("user_id")).items()}
     for slice_name, values in metrics.slice_metrics(y, p, slices or {}, min_count=min_count).items():
         for k in SLICE_METRICS:
             out[f"{name}/{k}/{slice_name}"] = values[k]
     return {k: float(v) for k, v in out.items() if v == v}  # NaN (e.g. GAUC without mixed groups) is left out
+
+
+def skipped_evaluations(split: Split, skipped_slices: dict[str, str], oracle_note: str) -> dict[str, str]:
+    """{metric or slice family: why it was not computed}: what the comparison table lists below itself."""
+    out = {}
+    for metric, column in (("gauc_request", "request_id"), ("gauc_user", "user_id")):
+        if column not in split.columns:
+            out[metric] = f"no {column} column"
+    out.update({f"slices {k}": v for k, v in skipped_slices.items()})
+    if oracle_note:
+        out["(oracle)"] = oracle_note
+    return out
+
+
+def skipped_note(skipped: dict[str, str]) -> str:
+    """The lines printed under the comparison table: each skipped metric and why."""
+    if not skipped:
+        return ""
+    return "Skipped (the training set lacks what they need):\n" + "\n".join(
+        f"- {k}: {v}" for k, v in skipped.items())
+
+
+def oracle_world(metadata: dict, folder: str | Path) -> Path | None:
+    """The world a training set was built from, as its metadata.json records it, or None when it records none.
+
+    The feature store records `data_dir` (the world the set was built from: <world>/training_sets/<version>/, so
+    the world is the folder's grandparent when the set still lies there); `python -m ranking.prepare` records
+    `"world": null` (a user's click log has no ground truth). Never a default path: a user's rows are never joined
+    to the demo world's oracle by impression_id."""
+    if "world" in metadata:
+        return Path(metadata["world"]) if metadata["world"] else None
+    if not metadata.get("data_dir"):
+        return None
+    folder = Path(folder)
+    if folder.parent.name == "training_sets":
+        return folder.parent.parent
+    return Path(metadata["data_dir"])
 
 
 def load_oracle(data_dir: str | Path, impression_ids: np.ndarray) -> np.ndarray | None:

@@ -43,32 +43,66 @@ def expand_slices(names: tuple[str, ...], cfg: SliceConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+# Each slice family, the columns it needs (in the evaluated split and in train) and what it is about.
+SLICE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "query_head/torso/tail": ("query_id", "request_id"),
+    "product_new/old": ("product_id",),
+    "product_cold, product_history_*": (f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d",),
+    "user_history/no_history": ("history_count",),
+    "position_<k>": ("position",),
+}
+
+
+TRAIN_STATISTICS = ("query_head/torso/tail", "product_new/old")  # families that count train rows too
+
+
+def skipped_slices(train: Split, split: Split) -> dict[str, str]:
+    """{slice family: why it is not computed} for every family whose columns the training set lacks."""
+    out = {}
+    for family, needs in SLICE_COLUMNS.items():
+        from_train = family in TRAIN_STATISTICS  # the others read the evaluated split alone
+        missing = [c for c in needs if c not in split.columns or (from_train and c not in train.columns)]
+        if missing:
+            out[family] = f"no {', '.join(missing)} column"
+    return out
+
+
 def slice_masks(train: Split, split: Split, cfg: SliceConfig) -> dict[str, np.ndarray]:
-    """Boolean row masks of `split` for every slice, from train statistics."""
-    q_train, r_train = train.columns["query_id"], train.columns["request_id"]
-    pairs = np.unique(np.stack([q_train, r_train], axis=1), axis=0)  # one row per (query, request)
-    queries, requests_per_query = np.unique(pairs[:, 0], return_counts=True)
-    q = split.columns["query_id"]
-    idx = np.searchsorted(queries, q)
-    idx = np.clip(idx, 0, max(len(queries) - 1, 0))
-    seen = len(queries) > 0
-    n_requests = np.where(seen & (queries[idx] == q), requests_per_query[idx], 0) if seen else np.zeros(len(q))
-    out = {
-        "query_head": n_requests >= cfg.query_head_min_requests,
-        "query_torso": (n_requests > cfg.query_tail_max_requests) & (n_requests < cfg.query_head_min_requests),
-        "query_tail": n_requests <= cfg.query_tail_max_requests,
-    }
-    old = np.isin(split.columns["product_id"], train.columns["product_id"])
-    out["product_new"], out["product_old"] = ~old, old
-    cold_counts = f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d"
-    if cold_counts in split.columns:
-        counts = split.columns[cold_counts]
+    """Boolean row masks of `split` for every slice whose columns exist, from train statistics.
+
+    A slice family whose columns are absent (a user's click log without queries or products) is left out, never
+    filled with a mask that covers the whole split; `skipped_slices` says which and why.
+    """
+    skipped = skipped_slices(train, split)
+    out: dict[str, np.ndarray] = {}
+    if "query_head/torso/tail" not in skipped:
+        q_train, r_train = train.columns["query_id"], train.columns["request_id"]
+        _, first = np.unique(np.stack([_codes(q_train), _codes(r_train)], axis=1), axis=0, return_index=True)
+        queries, requests_per_query = np.unique(q_train[first], return_counts=True)  # one row per (query, request)
+        q = split.columns["query_id"]
+        seen = len(queries) > 0
+        idx = np.clip(np.searchsorted(queries, q), 0, max(len(queries) - 1, 0))
+        n_requests = np.where(queries[idx] == q, requests_per_query[idx], 0) if seen else np.zeros(len(q))
+        out["query_head"] = n_requests >= cfg.query_head_min_requests
+        out["query_torso"] = (n_requests > cfg.query_tail_max_requests) & (n_requests < cfg.query_head_min_requests)
+        out["query_tail"] = n_requests <= cfg.query_tail_max_requests
+    if "product_new/old" not in skipped:
+        old = np.isin(split.columns["product_id"], train.columns["product_id"])
+        out["product_new"], out["product_old"] = ~old, old
+    if "product_cold, product_history_*" not in skipped:
+        counts = split.columns[f"product_impressions_{max(COUNT_WINDOWS_DAYS)}d"]
         out["product_cold"] = counts <= cfg.product_cold_max_impressions
         for name, low, high in history_buckets(cfg.product_history_edges):
             out[name] = (counts >= low) & (counts <= high)
-    if "history_count" in split.columns:
+    if "user_history/no_history" not in skipped:
         has = split.columns["history_count"] > 0
         out["user_history"], out["user_no_history"] = has, ~has
-    for k in np.unique(split.columns["position"]):
-        out[f"position_{int(k)}"] = split.columns["position"] == k
+    if "position_<k>" not in skipped and np.issubdtype(split.columns["position"].dtype, np.integer):
+        for k in np.unique(split.columns["position"]):
+            out[f"position_{int(k)}"] = split.columns["position"] == k
     return out
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Integer codes of any sortable ids (int64 or bytes), for stacking two id columns."""
+    return np.unique(values, return_inverse=True)[1].reshape(-1)

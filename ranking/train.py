@@ -47,8 +47,8 @@ from ranking.calibration import fit_calibration, logit, sigmoid
 from ranking.config import MODEL_KINDS, NEURAL, RankingConfig
 from ranking.preprocessing import Preprocessing, fit_preprocessing
 from ranking.report import (HEADLINE, calibration_figure, close_figures, comparison_table, gains_figure, gains_table,
-                            load_oracle, roc_figure, split_metrics)
-from ranking.slices import expand_slices, slice_masks
+                            load_oracle, oracle_world, roc_figure, skipped_evaluations, skipped_note, split_metrics)
+from ranking.slices import expand_slices, skipped_slices, slice_masks
 from ranking.training_set import TrainingSet, TrainingSetError, load_training_set, resolve_training_set
 
 DETERMINISTIC = ("base_rate", "historical_ctr")  # fitted once whatever `seeds` says
@@ -82,7 +82,11 @@ class ExperimentResult:
 
 
 def _checkpoint_root(cfg: RankingConfig) -> Path:
-    return Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(cfg.data) / "checkpoints" / "ranking"
+    if cfg.checkpoint_dir:
+        return Path(cfg.checkpoint_dir)
+    if cfg.training_set:  # a user's own training set: beside it, never inside the default world's folder
+        return Path(cfg.training_set) / "checkpoints" / "ranking"
+    return Path(cfg.data) / "checkpoints" / "ranking"
 
 
 class SharedInputs:
@@ -97,7 +101,8 @@ class SharedInputs:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.eval_train_rows, replace=False))
         self.train_eval = train.take(rows)
         self.slices = {s: slice_masks(train, data[s], cfg.slices) for s in ("valid", "test")}
-        self.oracle = load_oracle(_data_dir(cfg, data), data["test"].columns["impression_id"])
+        self.oracle, oracle_note = _oracle(data)
+        self.skipped = skipped_evaluations(data["test"], skipped_slices(train, data["test"]), oracle_note)
         self._prep = None
 
     def preprocessing(self) -> Preprocessing:
@@ -116,6 +121,20 @@ class SharedInputs:
             if name == "test":
                 test_scores = p
         return out, test_scores
+
+
+def _oracle(data: TrainingSet) -> tuple[np.ndarray | None, str]:
+    """The true click probabilities of the test rows from the training set's own world (metadata.json), and why
+    there are none when there are none."""
+    world = oracle_world(data.metadata, data.path)
+    if world is None:
+        return None, "the training set's metadata.json records no world (no ground truth)"
+    if "impression_id" not in data["test"].columns:
+        return None, "no impression_id column to join the world's truth on"
+    oracle = load_oracle(world, data["test"].columns["impression_id"])
+    if oracle is None:
+        return None, f"its world {world} has no impression truth covering the test rows"
+    return oracle, ""
 
 
 def _data_dir(cfg: RankingConfig, data: TrainingSet) -> Path:
@@ -294,7 +313,7 @@ def _gains(model: ModelResult, base: ModelResult, shared: SharedInputs) -> dict[
             rows = shared.slices["test"][slice_name] if slice_name else slice(None)
             _, low, high = metrics.auc_difference_ci(
                 test.labels[rows], model.test_scores[rows], base.test_scores[rows], n_boot=cfg.bootstrap_samples,
-                seed=cfg.seed, groups=test.columns["request_id"][rows])
+                seed=cfg.seed, groups=test.columns["request_id"][rows] if "request_id" in test.columns else None)
             out[f"{gain_key}_ci_low"], out[f"{gain_key}_ci_high"] = low, high
     return out
 
@@ -342,7 +361,8 @@ def run_experiment(cfg: RankingConfig) -> ExperimentResult:
     data = load_training_set(folder, cfg.features, use_embeddings=use_embeddings, max_rows=cfg.max_rows,
                              seed=cfg.seed)
     for name in cfg.models:
-        missing = [c for c in required_columns(name, cfg.baselines) if c not in data["train"].columns]
+        missing = [c for c in required_columns(name, cfg.baselines, data["train"].columns)
+                   if c not in data["train"].columns]
         if missing:
             raise TrainingSetError(f"baselines: {name} uses {', '.join(missing)}, which features.id_features "
                                    f"does not list")
@@ -387,15 +407,22 @@ def run_experiment(cfg: RankingConfig) -> ExperimentResult:
         gain_rows = {name: r.metrics for name, r in results.items() if name != cfg.baseline}
         gain_slices = expand_slices(cfg.gain_slices, cfg.slices)
         gains = gains_table(gain_rows, cfg.baseline, gain_slices) if cfg.baseline in results else ""
+        note = skipped_note(shared.skipped)
+        if note:
+            table = f"{table}\n\n{note}"
         print(f"\n{cfg.name}: {cfg.seeds} seed(s), {len(data['test']):,} test rows\n{table}\n", flush=True)
         mlflow.log_text(table + "\n", "comparison.md")
+        if shared.skipped:
+            mlflow.log_dict(shared.skipped, "skipped.json")
         if gains:
-            interval = (f" [95% interval, paired bootstrap over test requests, seed {cfg.seed}]"
+            unit = "requests" if "request_id" in data["test"].columns else "rows"
+            interval = (f" [95% interval, paired bootstrap over test {unit}, seed {cfg.seed}]"
                         if cfg.bootstrap_samples else "")
             print(f"AUC gain over {cfg.baseline}: mean ± std over seeds{interval}\n{gains}\n", flush=True)
             mlflow.log_text(gains + "\n", "gains.md")
         mlflow.log_dict({name: {c: v.get(c) for c in columns + [f"{c}_std" for c in columns] if c in v}
                          for name, v in rows.items()}, "comparison.json")
+        _show_comparison_on_parent(results, table, gains, cfg.baseline)
         if cfg.plots:
             y = data["test"].labels
             curves = {name: (y, r.test_scores) for name, r in results.items()}
@@ -408,8 +435,22 @@ def run_experiment(cfg: RankingConfig) -> ExperimentResult:
                                   "gains_test.png")
             close_figures()
         export_path = _export(cfg, shared, results[cfg.export_model], parent.info.run_id) if cfg.export_model else None
-        print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.experiment}' at {tracking_uri()}")
+        print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.experiment}' at {tracking_uri()}; "
+              f"`mlflow ui --backend-store-uri {tracking_uri()}`, then open "
+              f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning")
     return ExperimentResult(parent.info.run_id, results, table, export_path, gains)
+
+
+def _show_comparison_on_parent(results: dict[str, ModelResult], table: str, gains: str, baseline: str) -> None:
+    """What the runs table shows without a click: the parent row carries each model's test AUC (and its gain over
+    the baseline) as `<model>/test/auc`, and its description is the comparison table."""
+    headline = {}
+    for name, result in results.items():
+        for key in ("test/auc", f"test/auc_gain_vs_{baseline}"):
+            if key in result.metrics:
+                headline[f"{name}/{key}"] = result.metrics[key]
+    mlflow.log_metrics(headline)
+    mlflow.set_tag("mlflow.note.content", table + ("\n\n" + gains if gains else "") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,10 @@ from ranking.config import FeatureConfig
 SPLITS = ("train", "valid", "test")
 COUNT_PATTERN = re.compile(
     r"^(?P<entity>[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?)_(?P<kind>impressions|clicks)_(?P<window>[A-Za-z0-9]+)$")
-# Columns evaluation needs besides the model inputs: GAUC groups, slices and the oracle join.
+# Columns evaluation reads besides the model inputs when the training set has them: GAUC groups (request_id,
+# user_id), slices (query_id, product_id, position) and the oracle join (impression_id). All optional: a user's
+# click log (feature_store.schema TABLES["click_log"]) may have none; each metric that needs one is then skipped
+# and the comparison says so (ranking.report.skipped_evaluations).
 KEY_COLUMNS = ("impression_id", "request_id", "user_id", "query_id", "product_id", "position")
 
 
@@ -207,7 +210,7 @@ def resolve_spec(fc: FeatureConfig, schema: pa.Schema, embedding_dim: int, sourc
     counts = discover_counts(names) if fc.count_features == "auto" else []
     dense = tuple(fc.dense_features) + tuple(c for c in counts if c not in fc.dense_features)
     embeddings = (fc.product_embedding, fc.query_embedding, fc.history_embedding) if use_embeddings else ()
-    wanted = list(fc.id_features) + list(dense) + list(embeddings) + [fc.label] + list(KEY_COLUMNS)
+    wanted = list(fc.id_features) + list(dense) + list(embeddings) + [fc.label]
     missing = [c for c in dict.fromkeys(wanted) if c not in names]
     if missing:
         raise TrainingSetError(f"{source}: the config names column(s) the training set lacks: {', '.join(missing)} "
@@ -270,6 +273,30 @@ def _int_column(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
     return col.cast(pa.int64()).to_numpy()
 
 
+def _key_column(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
+    """An evaluation key (request, user, query, product id, position): int64, or UTF-8 bytes for string ids."""
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        return _bytes_column(col, name, where)
+    return _int_column(col, name, where)
+
+
+def _label_column(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
+    """The label as int8: any integer, float or boolean column holding only 0 and 1 (0.0 / 1.0 / False / True)."""
+    if col.null_count:
+        raise TrainingSetError(f"{where}: label '{name}' has {col.null_count} null values")
+    t = col.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise TrainingSetError(f"{where}: label '{name}' has dtype {t}; expected an integer, float or boolean 0/1")
+    values = col.cast(pa.float64()).to_numpy() if not pa.types.is_boolean(t) else \
+        col.to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise TrainingSetError(f"{where}: label '{name}' must be 0 or 1 (any integer, float or boolean dtype); "
+                               f"found {int(bad.sum())} other value(s), e.g. {float(values[bad][0])!r}")
+    return values.astype(np.int8)
+
+
 def _bytes_column(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
     """Strings -> numpy fixed-width UTF-8 bytes through the (small) dictionary: no per-row Python."""
     if col.null_count:
@@ -318,7 +345,8 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
         raise TrainingSetError(f"{folder}: cannot tell embedding_dim (metadata.json lacks it and the train split "
                                f"has no rows)")
 
-    columns = list(dict.fromkeys(list(KEY_COLUMNS) + list(spec.ids) + list(spec.dense) + list(spec.embeddings)
+    keys = [c for c in KEY_COLUMNS if c in schema.names]
+    columns = list(dict.fromkeys(keys + list(spec.ids) + list(spec.dense) + list(spec.embeddings)
                                  + [spec.label]))
     splits: dict[str, Split] = {}
     nan_counts: dict[str, dict[str, int]] = {}
@@ -329,7 +357,7 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
             rows = np.sort(np.random.default_rng([seed, SPLITS.index(split)]).choice(table.num_rows, max_rows,
                                                                                      replace=False))
             table = table.take(pa.array(rows))
-        cols: dict[str, np.ndarray] = {c: _int_column(table.column(c), c, where) for c in KEY_COLUMNS}
+        cols: dict[str, np.ndarray] = {c: _key_column(table.column(c), c, where) for c in keys}
         cols.update(_id_columns(table, spec, where))
         nan_counts[split] = {}
         for c in spec.dense:
@@ -346,10 +374,7 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
             cols[c] = values
         for c in spec.embeddings:
             cols[c] = _embedding_column(table.column(c), c, spec.embedding_dim, where)
-        label = _int_column(table.column(spec.label), spec.label, where)
-        if not np.isin(label, (0, 1)).all():
-            raise TrainingSetError(f"{where}: label '{spec.label}' must be 0 or 1")
-        cols["__label__"] = label.astype(np.int8)
+        cols["__label__"] = _label_column(table.column(spec.label), spec.label, where)
         splits[split] = Split(split, cols, source)
 
     train_y = splits["train"].labels

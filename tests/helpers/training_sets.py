@@ -126,7 +126,7 @@ def make_training_set(root: str | Path, name: str = "synth", n_requests: int = 3
         bounds[split] = [(START + timedelta(days=lo)).isoformat(), (START + timedelta(days=hi)).isoformat()]
     counts = [c for c in table.column_names if c.endswith("_7d")]
     metadata = {
-        "embedding_version": version, "embedding_dim": dim, "splits": bounds,
+        "embedding_version": version, "embedding_dim": dim, "splits": bounds, "data_dir": str(data_dir),
         "features": {"count_features": counts, "embedding_features": ["product_embedding", "query_embedding",
                                                                        "history_embedding"]},
         "defaults": {"embedding": "zero vector", "counts": 0.0},

@@ -95,6 +95,13 @@ def test_end_to_end_mlflow_comparison_and_export(world, store, tmp_path, capsys)
     assert "product_history_" in printed.split("| AUC gain vs dcn |")[1].splitlines()[0]
     assert {"gains.md", "gains_test.png"} <= {a.path for a in store.list_artifacts(parent.info.run_id)}
     assert "| AUC gain vs dcn |" in printed
+    # The collapsed parent row of the runs table shows the comparison; its description is the table.
+    for name, child in children.items():
+        assert parent.data.metrics[f"{name}/test/auc"] == child.data.metrics["test/auc"]
+    assert parent.data.metrics["dashclip_two_tower/test/auc_gain_vs_dcn"] == two_tower["test/auc_gain_vs_dcn"]
+    assert "| dashclip_two_tower |" in parent.data.tags["mlflow.note.content"]
+    assert "| AUC gain vs dcn |" in parent.data.tags["mlflow.note.content"]
+    assert f"#/experiments/{parent.info.experiment_id}?workflowType=machine_learning" in printed
 
     # The export reloads and gives the same predictions.
     exported = children["dashclip_two_tower"].data
