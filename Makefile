@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test install constraints clean-data
+.PHONY: demo test bench install constraints clean-data
 
 DATA   := data/$(WORLD)
 CKPT   := $(DATA)/embeddings/checkpoints
@@ -34,9 +34,23 @@ demo: $(STAMP)
 	$(PY) -m ranking.serving.export --verify exports/dashclip_two_tower
 	$(PY) -m ranking.serving.batch_score --model exports/dashclip_two_tower --input $(DATA)/training_sets/$(EMB)/test \
 	    --output $(DATA)/scores/test.parquet
+	# The A/B test of the two rankers on the test days: export the dcn model of the latest ranking run, simulate,
+	# execute the notebook (HTML next to the log: $(DATA)/experiments/$(WORLD)/report.html), track in MLflow `ab-tests`.
+	$(PY) -m ranking.serving.export --no-progress --out exports --run $$($(PY) -c "import mlflow; \
+	    r = mlflow.search_runs(experiment_names=['pctr-ranking'], filter_string=\"tags.model = 'dcn'\", \
+	    order_by=['start_time DESC'], max_results=1); print(r.run_id[0])")
+	$(PY) -m experiments.ab_simulate --control exports/dcn --treatment exports/dashclip_two_tower --data $(DATA) \
+	    --config experiments/configs/ab/$(WORLD).yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Ours vs DeepCTR 0.9.4 and FuxiCTR 2.3.10 on 5 folds of the Criteo and Avazu samples -> benchmarks/results/ctr_bench.md
+# (the peers in their own virtualenvs under .bench-venvs/, never project dependencies; PEERS= runs ours alone)
+PEERS ?= deepctr fuxictr
+bench: $(STAMP)
+	$(if $(strip $(PEERS)),benchmarks/peers/setup_venvs.sh $(PEERS))
+	$(PY) -m benchmarks.ctr_bench --folds 5 --peers $(PEERS)
 
 install: $(STAMP)
 

@@ -21,6 +21,9 @@ MAY_IMPORT = {
     "embeddings": {"core", "feature_store.schema"},   # stages: never each other, never the simulator
     "feature_store": {"core", "feature_store.schema"},
     "ranking": {"core", "feature_store.schema"},
+    # The simulated A/B test wires the world, the feature store and served models together, like a user's
+    # serving system: the one place that may import them all; no stage (nor the simulator) imports it.
+    "experiments.ab_simulate": {"core", "feature_store.schema", "feature_store", "ranking", "experiments"},
 }
 
 

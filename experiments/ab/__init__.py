@@ -10,6 +10,8 @@ sample-ratio test, power, bootstrap); this package adds what tea-tasting does no
   cross-check.
 - `interleaving`: team-draft interleaving, click credit and the preference test.
 - `sensitivity`: users needed by an A/B test vs interleaving for the same change, with a bootstrap SE.
+- `report`: what the notebooks in experiments/notebooks/ show (cumulative and per-segment lift, CUPED effect,
+  plots) and their headless runner with an HTML copy.
 
 Nothing here reads the simulator: the same functions take your own experiment log.
 

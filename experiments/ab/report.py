@@ -1,0 +1,238 @@
+"""What the A/B notebooks (experiments/notebooks/) show, as functions: tables, plots and the headless runner.
+
+The notebooks only call these (no analysis code in cells); everything reads an experiment log (see `log`) and,
+for a simulated experiment, its truth.json (the true lifts) and interleaving.json. Nothing here reads the
+simulator.
+
+- `load_users(path)`: the log and its user table.
+- `lift_summary(users, truth)`: the lift table with the true lift beside each estimate when known.
+- `srm_verdict`, `cuped_effect`, `cumulative_lift`, `segment_lift`: the other tables.
+- `lift_plot`, `cumulative_plot`, `segment_plot`, `users_needed_plot`: matplotlib figures.
+- `execute_notebook(src, html, parameters)`: run a notebook headless (nbclient), parameters injected after the
+  cell tagged `parameters`, and write a self-contained HTML copy (a small built-in exporter: nbconvert is not in
+  the pinned stack).
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments.ab import analysis, log as ablog
+
+
+def load_users(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(request-level log, user table) of the experiment log at `path` (parquet file or folder)."""
+    frame = pd.read_parquet(path)
+    return ablog.validate_log(frame), ablog.user_table(frame)
+
+
+def load_json(path: str | Path | None) -> dict | None:
+    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
+
+
+def lift_summary(users: pd.DataFrame, truth: dict | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """metric, cuped, control, treatment, rel_lift, rel_ci_low, rel_ci_high, p_value (+ true_rel_lift, covered)."""
+    table = analysis.lift_table(users, alpha=alpha)
+    columns = ["metric", "cuped", "control", "treatment", "rel_lift", "rel_ci_low", "rel_ci_high", "p_value"]
+    table = table[columns].copy()
+    if truth is not None:
+        table["true_rel_lift"] = [truth[f"true_rel_lift_{m}"] for m in table["metric"]]
+        true = table["true_rel_lift"]
+        table["covered"] = (table["rel_ci_low"] <= true) & (true <= table["rel_ci_high"])
+    return table
+
+
+def srm_verdict(users: pd.DataFrame, treatment_share: float = 0.5, threshold: float = 0.001) -> str:
+    p = analysis.srm(users, treatment_share=treatment_share)
+    counts = users["arm"].value_counts().to_dict()
+    verdict = "SAMPLE RATIO MISMATCH: do not trust the lifts" if p < threshold else "no sample ratio mismatch"
+    return f"{verdict} (p = {p:.3g}; users per arm {counts}; expected treatment share {treatment_share})"
+
+
+def cuped_effect(users: pd.DataFrame) -> pd.DataFrame:
+    """Per metric: CI width of the relative lift without and with CUPED, and the variance reduction."""
+    table = analysis.lift_table(users, cuped=(False, True))
+    table["ci_width"] = table["rel_ci_high"] - table["rel_ci_low"]
+    wide = table.pivot(index="metric", columns="cuped", values=["rel_lift", "ci_width"])
+    out = pd.DataFrame({"rel_lift": wide[("rel_lift", False)], "rel_lift_cuped": wide[("rel_lift", True)],
+                        "ci_width": wide[("ci_width", False)], "ci_width_cuped": wide[("ci_width", True)]})
+    out["variance_reduction"] = 1 - (out["ci_width_cuped"] / out["ci_width"]) ** 2
+    return out.reset_index()
+
+
+def cumulative_lift(log: pd.DataFrame, metric: str = "ctr", cuped: bool = False) -> pd.DataFrame:
+    """The lift as the experiment would have read it at the end of each day: day, users, rel_lift, CI."""
+    days = log["ts"].dt.floor("D")
+    rows = []
+    for day in sorted(days.unique()):
+        users = ablog.user_table(log[days <= day])
+        if users["arm"].nunique() < 2:
+            continue
+        result = analysis.analyse(users, cuped=cuped)[metric]
+        rows.append({"day": day, "users": len(users), "rel_lift": result.rel_effect_size,
+                     "rel_ci_low": result.rel_effect_size_ci_lower, "rel_ci_high": result.rel_effect_size_ci_upper})
+    return pd.DataFrame(rows)
+
+
+def segment_lift(log: pd.DataFrame, column: str, metric: str = "ctr") -> pd.DataFrame:
+    """The lift within each value of a segment column of the log (e.g. query_segment, user_history)."""
+    rows = []
+    for value, part in log.groupby(column, sort=True):
+        users = ablog.user_table(part.drop(columns=[column]))
+        if users["arm"].nunique() < 2 or (users.groupby("arm")["impressions"].sum() == 0).any():
+            continue
+        result = analysis.analyse(users)[metric]
+        rows.append({"segment": f"{column}={value}", "users": len(users),
+                     "impressions": int(users["impressions"].sum()),
+                     "rel_lift": result.rel_effect_size, "rel_ci_low": result.rel_effect_size_ci_lower,
+                     "rel_ci_high": result.rel_effect_size_ci_upper, "p_value": result.pvalue})
+    return pd.DataFrame(rows)
+
+
+def segment_lifts(log: pd.DataFrame, metric: str = "ctr") -> pd.DataFrame:
+    """`segment_lift` for every segment column the log carries."""
+    columns = [c for c in ("query_segment", "user_history") if c in log.columns]
+    parts = [segment_lift(log, c, metric) for c in columns]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # inline in a notebook kernel; Agg (the headless default) elsewhere
+
+    return plt
+
+
+def lift_plot(lifts: pd.DataFrame, truth: dict | None = None):
+    """Relative lift with its interval per (metric, CUPED), the true lift as a cross when known."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels = [f"{m}{' +CUPED' if c else ''}" for m, c in zip(lifts["metric"], lifts["cuped"])]
+    y = np.arange(len(lifts))
+    xerr = [lifts["rel_lift"] - lifts["rel_ci_low"], lifts["rel_ci_high"] - lifts["rel_lift"]]
+    ax.errorbar(lifts["rel_lift"], y, xerr=xerr, fmt="o", capsize=4, label="estimate, 95% CI")
+    if truth is not None:
+        ax.scatter([truth[f"true_rel_lift_{m}"] for m in lifts["metric"]], y, marker="x", color="red", zorder=3,
+                   label="true lift")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("relative lift (treatment / control - 1)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cumulative_plot(cumulative: pd.DataFrame, true_lift: float | None = None, metric: str = "ctr"):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(cumulative["day"], cumulative["rel_lift"], marker="o", label="estimate")
+    ax.fill_between(cumulative["day"], cumulative["rel_ci_low"], cumulative["rel_ci_high"], alpha=0.25, label="95% CI")
+    if true_lift is not None:
+        ax.axhline(true_lift, color="red", ls="--", label="true lift")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel(f"cumulative relative {metric} lift")
+    ax.legend(loc="best", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def segment_plot(segments: pd.DataFrame, metric: str = "ctr"):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * max(len(segments), 1)))
+    y = np.arange(len(segments))
+    if len(segments):
+        xerr = [segments["rel_lift"] - segments["rel_ci_low"], segments["rel_ci_high"] - segments["rel_lift"]]
+        ax.errorbar(segments["rel_lift"], y, fmt="o", capsize=4, xerr=xerr)
+        ax.set_yticks(y, segments["segment"])
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel(f"relative {metric} lift per segment")
+    fig.tight_layout()
+    return fig
+
+
+def users_needed_table(interleaving: dict) -> pd.DataFrame:
+    u = interleaving["users_needed"]
+    return pd.DataFrame([
+        {"design": "A/B (both arms)", "effect": u["ab_effect"], "users_needed": u["ab_total"]},
+        {"design": "interleaving", "effect": u["interleaving_effect"], "users_needed": u["interleaving"]},
+    ])
+
+
+def users_needed_plot(interleaving: dict):
+    plt = _plt()
+    table = users_needed_table(interleaving)
+    u = interleaving["users_needed"]
+    fig, ax = plt.subplots(figsize=(5, 2.5))
+    ax.barh(table["design"], table["users_needed"])
+    ax.set_xscale("log")
+    ax.set_xlabel("users needed (80% power, 5% two-sided)")
+    ax.set_title(f"A/B needs {u['ratio']:.1f}x the users (bootstrap SE {u['ratio_se']:.1f})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# headless execution and HTML
+
+
+def execute_notebook(src: str | Path, html_path: str | Path, parameters: dict, timeout: int = 600,
+                     executed_path: str | Path | None = None) -> Path:
+    """Execute notebook `src` with `parameters` injected after its `parameters` cell; write it as HTML."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(src), as_version=4)
+    lines = ["# injected parameters"] + [f"{k} = {v!r}" for k, v in parameters.items()]
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]}))
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(Path.cwd())}}).execute()
+    if executed_path is not None:
+        nbformat.write(nb, str(executed_path))
+    html_path = Path(html_path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(notebook_html(nb, title=Path(src).stem))
+    return html_path
+
+
+def notebook_html(nb, title: str = "notebook") -> str:
+    """A self-contained HTML page of an executed notebook: markdown as text, code, text/HTML/PNG outputs."""
+    esc = html_lib.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1000px;margin:auto} pre{background:#f6f6f6;padding:6px}"
+             ".md{white-space:pre-wrap} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px}"
+             "</style></head><body>"]
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            parts.append(f"<div class='md'>{esc(cell.source)}</div>")
+            continue
+        if cell.cell_type != "code":
+            continue
+        parts.append(f"<pre><code>{esc(cell.source)}</code></pre>")
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream":
+                parts.append(f"<pre>{esc(out.text)}</pre>")
+            elif out.output_type in ("execute_result", "display_data"):
+                data = out.get("data", {})
+                if "image/png" in data:
+                    png = data["image/png"]
+                    png = png if isinstance(png, str) else base64.b64encode(png).decode()
+                    parts.append(f"<img src='data:image/png;base64,{png.strip()}'/>")
+                elif "text/html" in data:
+                    parts.append(data["text/html"])
+                elif "text/plain" in data:
+                    parts.append(f"<pre>{esc(data['text/plain'])}</pre>")
+            elif out.output_type == "error":
+                parts.append(f"<pre style='color:red'>{esc(out.ename)}: {esc(out.evalue)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
