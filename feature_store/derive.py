@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.schema import (
-    COUNT_WINDOWS_DAYS, TIMESTAMP, count_feature_names, embedding_array, embedding_matrix, validate,
+    COUNT_WINDOWS_DAYS, TABLES, TIMESTAMP, count_feature_names, embedding_array, embedding_matrix, validate,
 )
 
 DAY_US = 86_400 * 1_000_000
@@ -52,15 +52,30 @@ def embedding_features(entity: str, embeddings: pa.Table) -> pa.Table:
     return validate(f"{entity}_embedding_features", table.sort_by([(key, "ascending")]))
 
 
+# What a catalog without the attribute column gets (the same as an unknown product: feature_store/features.py
+# DEFAULTS); products are optional in every column but product_id (feature_store/schema/tables.py).
+ATTRIBUTE_DEFAULTS = {"aisle": "", "brand": "", "store_id": 0, "price": 0.0}
+
+
 def product_attribute_features(products: pa.Table) -> pa.Table:
-    """Catalog attributes, effective from created_ts; created_us keeps the creation time for the age feature."""
-    table = pa.table({
-        "product_id": products.column("product_id"), "event_ts": products.column("created_ts"),
-        "aisle": products.column("aisle"), "brand": products.column("brand"),
-        "store_id": products.column("store_id"), "price": products.column("price"),
-        "created_us": products.column("created_ts").cast(pa.int64()),
-    })
-    return validate("product_attribute_features", table.sort_by([("product_id", "ascending")]))
+    """Catalog attributes, effective from created_ts; created_us keeps the creation time for the age feature.
+
+    A catalog without some attribute columns (a text-only catalog is product_id + title) gets that attribute's
+    default for every product (ATTRIBUTE_DEFAULTS); without created_ts the rows take effect from the epoch and
+    created_us is null, so product_age_days is 0."""
+    n, schema = products.num_rows, TABLES["product_attribute_features"]
+    has = set(products.column_names)
+    columns = {"product_id": products.column("product_id")}
+    if "created_ts" in has:
+        columns["event_ts"] = products.column("created_ts")
+    else:
+        columns["event_ts"] = _timestamps(np.zeros(n, np.int64))
+    for name, default in ATTRIBUTE_DEFAULTS.items():
+        dtype = schema.column(name).dtype
+        columns[name] = products.column(name) if name in has else pa.array([default] * n, dtype)
+    columns["created_us"] = (products.column("created_ts").cast(pa.int64()) if "created_ts" in has
+                             else pa.nulls(n, pa.int64()))
+    return validate("product_attribute_features", pa.table(columns).sort_by([("product_id", "ascending")]))
 
 
 def product_rating_features(impressions: pa.Table) -> pa.Table:

@@ -204,8 +204,8 @@ class FeatureRepo:
         steps = tqdm(total=11, desc=f"feature_store build {self.version}", disable=not self.cfg.progress)
         product_emb = read_table("product_embeddings", emb / "products", embedding_dim=dim)
         query_emb = read_table("query_embeddings", emb / "queries", embedding_dim=dim)
-        products = read_table("products", self.layout.raw("products"),
-                              columns=["aisle", "brand", "store_id", "price", "created_ts"])
+        products = read_table("products", self.layout.raw("products"), columns=[],  # absent ones: defaults
+                              if_present=["aisle", "brand", "store_id", "price", "created_ts"])
         impressions = read_table("impressions", self.layout.raw("impressions"),
                                  columns=["ts", "user_id", "query_id", "product_id", "ad_id", "click", "rating",
                                           "rating_count"])

@@ -1,7 +1,9 @@
 """Parquet reading and writing of the declared tables, validated on the way in and on the way out.
 
 - `read_table(name, path)` reads a parquet file or a folder of parquet files (one folder per table, files
-  `part-00000.parquet`, ... read in sorted order) and validates it.
+  `part-00000.parquet`, ... read in sorted order) and validates it; `if_present` reads optional columns where
+  the table has them.
+- `table_columns(name, path)` lists the columns a stored table has, without reading its rows.
 - `write_table(name, data, folder, part)` validates and writes `folder/part-{part:05d}.parquet` atomically and
   byte-deterministically.
 """
@@ -17,7 +19,8 @@ import pyarrow.parquet as pq
 
 from core.files import staged_file
 from feature_store.schema.tables import TableSchema
-from feature_store.schema.validation import SchemaError, conform_columns, table_schema, validate, validate_against
+from feature_store.schema.validation import (SchemaError, conform_columns, missing_columns, table_schema, validate,
+                                             validate_against)
 
 
 def _parquet_files(schema: TableSchema, path: Path) -> list[Path]:
@@ -31,24 +34,43 @@ def _parquet_files(schema: TableSchema, path: Path) -> list[Path]:
     return files
 
 
+def table_columns(table_name: str, path: str | os.PathLike) -> tuple[str, ...]:
+    """The column names a stored table has (every part's, in first-seen order), from the parquet footers only."""
+    path = Path(path)
+    schema = table_schema(table_name, path)
+    names: dict[str, None] = {}
+    for file in _parquet_files(schema, path):
+        names.update(dict.fromkeys(pq.read_schema(file).names))
+    return tuple(names)
+
+
 def read_table(table_name: str, path: str | os.PathLike, columns: Iterable[str] | None = None,
-               embedding_dim: int | None = None) -> pa.Table:
+               embedding_dim: int | None = None, if_present: Iterable[str] = ()) -> pa.Table:
     """Read and validate a table from a parquet file or a folder of parquet files (sorted file order).
 
     With `columns`, only those (plus the key columns) are read and checked; a requested column that is
-    missing is still an error.
+    missing is an error (a SchemaError naming it), optional in the contract or not. `if_present` names
+    columns to read too where the table has them (optional attributes a reader can do without); with
+    `columns` None, every column the table has is read anyway.
     """
     path = Path(path)
     schema = table_schema(table_name, path)
     only = None
+    files = _parquet_files(schema, path)
     if columns is not None:
         columns = list(columns)
+        if_present = [c for c in if_present if c not in columns]
+        if if_present:
+            present = table_columns(table_name, path)
+            columns += [c for c in if_present if c in present]
         only = tuple(dict.fromkeys([k for k in schema.keys if k not in columns] + columns))
     parts = []
-    for file in _parquet_files(schema, path):
+    for file in files:
         f = pq.ParquetFile(file)
         present = f.schema_arrow.names
-        part = f.read(columns=None if only is None else [c for c in only if c in present])
+        if only is not None and (missing := [c for c in only if c not in present]):
+            raise missing_columns(schema, missing, present, file)
+        part = f.read(columns=None if only is None else list(only))
         arrays, names = conform_columns(schema, part, file, only)  # per part, so parts may differ in harmless dtypes
         parts.append(pa.Table.from_arrays(arrays, names=names))
     try:

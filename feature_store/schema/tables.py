@@ -25,7 +25,9 @@ class Column:
 
     `allowed` is a frozenset of permitted values; `min`/`max` are inclusive bounds; `non_empty` rejects "" / b"";
     `non_blank` rejects text that is empty after stripping whitespace; `magic` is a required leading byte string
-    (a file signature, e.g. PNG's).
+    (a file signature, e.g. PNG's). `optional`: the column may be absent from a table (a text-only catalog has no
+    image column); when it is there, its values follow the rules. A reader that needs an optional column asks
+    for it (`read_table(..., columns=[...])`), and its absence is then a SchemaError naming table and column.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Column:
     non_empty: bool = False
     non_blank: bool = False
     magic: bytes | None = None
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class TableSchema:
     columns: tuple[Column, ...]
     hidden: bool = False
     doc: str = ""
+    one_of: tuple[str, ...] = ()  # optional columns of which a whole table must have at least one
+
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -59,6 +64,11 @@ class TableSchema:
     def names(self) -> tuple[str, ...]:
         """Names of all columns, in schema order."""
         return tuple(c.name for c in self.columns)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Names of the columns every table must have (the keys and every column not marked optional)."""
+        return tuple(c.name for c in self.columns if not c.optional)
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -84,8 +94,8 @@ def _key(name: str, dtype: pa.DataType = pa.int64(), doc: str = "") -> Column:
     return Column(name, dtype, key=True, doc=doc)
 
 
-def _table(name: str, *columns: Column, hidden: bool = False, doc: str = "") -> TableSchema:
-    return TableSchema(name, tuple(columns), hidden=hidden, doc=doc)
+def _table(name: str, *columns: Column, hidden: bool = False, doc: str = "", one_of: tuple[str, ...] = ()) -> TableSchema:
+    return TableSchema(name, tuple(columns), hidden=hidden, doc=doc, one_of=one_of)
 
 
 def _embeddings(name: str, key: str, doc: str) -> TableSchema:
@@ -151,14 +161,19 @@ TABLES: dict[str, TableSchema] = {
         _table(
             "products",
             _key("product_id"),
-            Column("title", pa.string(), non_empty=True),
-            Column("aisle", pa.string()),
-            Column("brand", pa.string()),
-            Column("store_id", pa.int64()),
-            Column("price", pa.float32(), min=0.0),
-            Column("image", pa.binary(), non_empty=True, magic=PNG_SIGNATURE, doc="PNG file bytes"),
-            Column("created_ts", TIMESTAMP, doc="when the product entered the catalog"),
-            doc="The catalog: one row per product.",
+            # Only product_id is required of every catalog; a model reads what its modalities use (title for
+            # text, image for pictures: embeddings.data says which) and the feature store fills absent
+            # attributes with its defaults (feature_store/features.py DEFAULTS; no created_ts: age 0).
+            Column("title", pa.string(), non_empty=True, optional=True),
+            Column("aisle", pa.string(), optional=True),
+            Column("brand", pa.string(), optional=True),
+            Column("store_id", pa.int64(), optional=True),
+            Column("price", pa.float32(), min=0.0, optional=True),
+            Column("image", pa.binary(), non_empty=True, magic=PNG_SIGNATURE, optional=True, doc="PNG file bytes"),
+            Column("created_ts", TIMESTAMP, optional=True, doc="when the product entered the catalog"),
+            doc="The catalog: one row per product. Every column but product_id is optional: a text-only catalog "
+                "is product_id + title, an image-only one product_id + image.",
+            one_of=("title", "image"),
         ),
         _table(
             "queries",
@@ -171,7 +186,7 @@ TABLES: dict[str, TableSchema] = {
             _key("query_id"),
             _key("product_id"),
             Column("label", pa.int8(), allowed=LABELS, doc="0 irrelevant, 1 moderately, 2 highly relevant"),
-            Column("source", pa.string(), doc="who labelled the pair (e.g. an LLM labeller's name)"),
+            Column("source", pa.string(), optional=True, doc="who labelled the pair (e.g. an LLM labeller's name)"),
             doc="Query-product relevance labels (LLM-curated).",
         ),
         _table(
@@ -263,8 +278,11 @@ TABLES: dict[str, TableSchema] = {
             Column("brand", pa.string()),
             Column("store_id", pa.int64()),
             Column("price", pa.float32(), min=0.0),
-            Column("created_us", pa.int64(), doc="created_ts in microseconds since the epoch (for the age)"),
-            doc="Catalog attributes, effective from the product's created_ts."),
+            Column("created_us", pa.int64(), nullable=True,
+                   doc="created_ts in microseconds since the epoch (for the age); null when the catalog has no "
+                       "created_ts (product_age_days is then 0)"),
+            doc="Catalog attributes, effective from the product's created_ts (from the epoch when the catalog has "
+                "none); attributes the catalog lacks hold the defaults of feature_store/features.py."),
         _feature_table(
             "product_rating_features", "product_id",
             Column("rating", pa.float32(), min=0.0, max=5.0),
@@ -294,5 +312,44 @@ TABLES: dict[str, TableSchema] = {
             *IMPRESSION_LABELS,
             doc="The pCTR training set: impressions with point-in-time features (python -m feature_store "
                 "training-set); unknown entities get the defaults listed in its metadata.json."),
+        _table(
+            "experiment_log",
+            _key("user_id", doc="the randomisation unit"),
+            _key("request_id"),
+            Column("arm", pa.string(), non_empty=True, doc="exactly two arms per log, e.g. control, treatment"),
+            Column("ts", TIMESTAMP),
+            Column("impressions", pa.int64(), min=0, doc="ads shown in the request"),
+            Column("clicks", pa.int64(), min=0, doc="<= impressions"),
+            Column("conversions", pa.int64(), min=0, doc="<= clicks"),
+            Column("pre_clicks", pa.int64(), min=0, optional=True, doc="the user's pre-period clicks (CUPED)"),
+            Column("pre_impressions", pa.int64(), min=0, optional=True, doc="the user's pre-period impressions"),
+            Column("query_segment", pa.string(), optional=True, doc="head / torso / tail (pre-period requests)"),
+            Column("user_history", pa.string(), optional=True, doc="returning (pre-period impressions) / new"),
+            doc="An online experiment's log (python -m experiments.ab_simulate, or yours): one row per (user, "
+                "request); experiments.ab.log validates the cross-column rules (one arm per user, counts "
+                "nested, pre-period constant per user)."),
     ]
 }
+
+
+# A user's own click log (Criteo, Avazu, iPinYou, ...), which `python -m ranking.prepare` turns into a training set.
+# Declared beside TABLES rather than in it: it has no key column (a log may have no impression id) and its feature
+# columns are whatever the user's config names (extra columns pass validation unchanged). Check one with
+# `validate_against(CLICK_LOG, table, source, None, None)`. Only the label is required; each optional id enables
+# what needs it: request_id GAUC per request, user_id GAUC per user, query_id + request_id the query
+# head/torso/tail slices, product_id the new/old product slices, position the position slices, impression_id the
+# oracle join (only when the training set's metadata records a world with ground truth).
+CLICK_LOG = _table(
+    "click_log",
+    Column("click", pa.int8(), allowed=BINARY,
+           doc="the label; ranking reads any integer, float or boolean dtype holding only 0 and 1; prepare "
+               "writes int8 under this name"),
+    Column("impression_id", pa.int64(), optional=True),
+    Column("request_id", pa.int64(), optional=True),
+    Column("user_id", pa.int64(), optional=True),
+    Column("query_id", pa.int64(), optional=True),
+    Column("product_id", pa.int64(), optional=True),
+    Column("position", pa.int64(), optional=True, doc="1 = top slot"),
+    Column("ts", TIMESTAMP, optional=True, doc="event time (a time-based split needs it, or names another column)"),
+    doc="A user's click log: one row per impression, a 0/1 label, any feature columns, optional ids.",
+)

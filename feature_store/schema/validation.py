@@ -2,6 +2,8 @@
 
 - `validate(name, data)` takes a pyarrow Table or a pandas DataFrame and returns a pyarrow Table whose first
   columns are the schema's columns, in schema order, with the canonical dtypes; extra columns follow unchanged.
+  Optional columns (`Column.optional`) may be absent: the result then lacks them too. A column asked for by name
+  (`read_table(..., columns=[...])`) must be there, optional or not.
   Only lossless normalisations are applied: a narrower or wider integer to the declared integer type when every
   value fits, float64 to float32, large/view strings and binaries to the plain types, dictionary strings to
   strings, any timestamp unit to microseconds and any time zone to UTC (same instants), and list / large_list /
@@ -96,18 +98,33 @@ def _to_arrow(schema: TableSchema, data: Any, source) -> pa.Table:
 
 def conform_columns(schema: TableSchema, table: pa.Table, source, only) -> tuple[list, list[str]]:
     """Schema columns (canonical dtypes, schema order) then extras; errors for missing columns or bad dtypes."""
-    wanted = schema.names if only is None else tuple(n for n in schema.names if n in only)
-    requested = wanted if only is None else wanted + tuple(n for n in only if n not in schema.names)
+    has = ", ".join(table.column_names) or "no columns"
+    if only is None:  # the whole table: every required column; optional ones where the table has them
+        wanted = tuple(n for n in schema.names if n in table.column_names or not schema.column(n).optional)
+        requested = wanted
+        if schema.one_of and not any(n in table.column_names for n in schema.one_of):
+            raise SchemaError(schema.name, schema.one_of[0],
+                              f"missing column: a {schema.name} table needs at least one of "
+                              f"{', '.join(schema.one_of)} (the table has: {has})", source)
+    else:  # asked for by name: required, optional or not
+        wanted = tuple(n for n in schema.names if n in only)
+        requested = wanted + tuple(n for n in only if n not in schema.names)
     missing = [n for n in requested if n not in table.column_names]
     if missing:
-        also = f"; also missing: {', '.join(missing[1:])}" if len(missing) > 1 else ""
-        raise SchemaError(schema.name, missing[0],
-                          f"missing column{also} (the table has: {', '.join(table.column_names) or 'no columns'})",
-                          source)
+        raise missing_columns(schema, missing, table.column_names, source)
     arrays = [_conform_dtype(schema, schema.column(n), table.column(n), source) for n in wanted]
     extras = [n for n in (table.column_names if only is None else only)
               if n not in schema.names and n in table.column_names]
     return arrays + [table.column(n) for n in extras], list(wanted) + extras
+
+
+def missing_columns(schema: TableSchema, missing: list[str], has: list[str], source) -> SchemaError:
+    """The error for columns a table lacks: names the first, lists the others and what the table has."""
+    also = f"; also missing: {', '.join(missing[1:])}" if len(missing) > 1 else ""
+    needed = missing[0] in schema.names and schema.column(missing[0]).optional
+    optional = " (optional in the contract, but this reader needs it)" if needed else ""
+    return SchemaError(schema.name, missing[0],
+                       f"missing column{also}{optional} (the table has: {', '.join(has) or 'no columns'})", source)
 
 
 def _conform_dtype(schema: TableSchema, col: Column, values: pa.ChunkedArray, source) -> pa.ChunkedArray:

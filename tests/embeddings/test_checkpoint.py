@@ -95,7 +95,8 @@ def test_train_state_round_trip_restores_weights_optimizer_rng_and_extra_tensors
 def test_train_fingerprint_ignores_run_control_only():
     cfg = EmbeddingConfig()
     same = train_fingerprint(cfg, 1, 100)
-    assert train_fingerprint(dataclasses.replace(cfg, max_steps=3, threads=2, eval_every=0), 1, 100) == same
+    assert train_fingerprint(dataclasses.replace(cfg, stop_at_step=3, threads=2, eval_every=0), 1, 100) == same
+    assert train_fingerprint(dataclasses.replace(cfg, max_steps=3), 1, 100) != same  # max_steps sizes the schedule
     assert train_fingerprint(dataclasses.replace(cfg, seed=1), 1, 100) != same
     assert train_fingerprint(cfg, 2, 100) != same and train_fingerprint(cfg, 1, 101) != same
     lr = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, lr=0.1))

@@ -44,7 +44,7 @@ def test_inconsistent_settings_are_refused_by_name(overrides, message):
 @pytest.mark.parametrize("sizes, message", [
     ({"image_size": 30}, "image_size=30 must be a multiple of patch_size=8"),
     ({"vision_hidden": 30}, "vision_hidden=30 must be a multiple of vision_heads=4"),
-    ({"text_heads": 5}, "text_hidden=384 must be a multiple of text_heads=5"),
+    ({"init": "scratch", "text_heads": 5}, "text_hidden=384 must be a multiple of text_heads=5"),
     ({"max_query_len": 1}, r"max_query_len=1 must be in \[2, 512\]"),
     ({"max_title_len": 513}, r"max_title_len=513 must be in \[2, 512\]"),
     ({"temp_init": 0.0}, "temp_init=0.0 must be positive"),

@@ -3,7 +3,10 @@ test_pipeline.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
+
+import pytest
 
 from core.config import load_config
 from embeddings.config import EmbeddingConfig
@@ -44,3 +47,42 @@ def test_format_table_has_a_row_per_encoder_and_a_column_per_metric():
     assert lines[0].split() == ["encoder", *METRICS]
     assert lines[1].split() == ["offshelf", "0.5000", "0.2500", "0.1250", "1.0000", "0.7500"]
     assert lines[2].split()[:2] == ["stage2", "0.9000"] and len(lines) == 3
+
+
+def test_a_hugging_face_blip_directory_gets_its_own_row(world, tmp_path, capsys):
+    import dataclasses
+
+    import numpy as np
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+
+    from embeddings import evaluate
+    from embeddings.model import build_model
+    from embeddings.pretrained import minilm_dir
+
+    config = BlipConfig(text_config=dict(vocab_size=30522, hidden_size=24, encoder_hidden_size=16, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=2, is_decoder=True, bos_token_id=101),
+                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=16, patch_size=8),
+                        image_text_hidden_size=8)
+    torch.manual_seed(5)
+    blip = tmp_path / "blip"
+    BlipForImageTextRetrieval(config).save_pretrained(blip)
+    BertTokenizer(vocab_file=str(minilm_dir() / "vocab.txt")).save_pretrained(blip)
+    assert evaluate.main(["--config", CONFIG, "--data", str(world), "--blip", str(blip), "--no-tsne"]) == 0
+    table = capsys.readouterr().out.split("labels: golden")[1].splitlines()[2:]
+    assert [row.split()[0] for row in table] == ["offshelf", "blip", "untrained"]
+    metrics = json.loads((world / "embeddings" / "eval" / "metrics.json").read_text())
+    assert all(np.isfinite(v) for v in metrics["blip"].values())
+    # products by picture through BLIP's own vision_proj at its own image size (16, not the config's 32)
+    cfg = load_config(EmbeddingConfig, CONFIG)
+    model = evaluate.blip_model(blip, cfg, images=True)
+    assert model.product_input == "image" and model.embed_dim == 8
+    torch.testing.assert_close(model.product_proj.weight, build_model(dataclasses.replace(
+        cfg.model, init=str(blip))).vision_proj.weight)
+    ev = evaluate.load_eval_data(cfg, world)
+    p_emb = evaluate.blip_product_embeddings(model, world, ev.catalog)
+    assert p_emb.shape == (len(ev.catalog), 8)
+    np.testing.assert_allclose(np.linalg.norm(p_emb, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--config", CONFIG, "--data", str(world), "--encoder", f"offshelf={blip}"])

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embeddings.loss import (TEMP_MAX, TEMP_MIN, SoftTargets, clamp_temperature, itc_loss, itm_loss, pqc_loss,
-                             sample_hard_negatives)
+from embeddings.loss import (TEMP_MAX, TEMP_MIN, SoftTargets, clamp_temperature, itc_loss, itm_loss, l2sp_loss,
+                             pqc_loss, sample_hard_negatives)
 
 B, D, N, K = 5, 8, 3, 7
 TOL = 1e-5
@@ -457,3 +457,30 @@ def test_pqc_without_any_negatives_is_an_error():
     prod, pos, _ = _pqc_data()
     with pytest.raises(ValueError, match="negatives"):
         pqc_loss(_t(prod), _t(pos), None, 0.1, in_batch_negatives=False)
+
+
+def test_pqc_chance_is_the_loss_of_an_encoder_that_scores_everything_alike():
+    # collapsed embeddings: every product and query the same vector -> every logit equal -> loss = log(1 + #neg)
+    same = torch.ones(B, D)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[0, 1:] = False  # row 0 has 1 explicit negative; in-batch, every row sees the other rows' candidates
+    out = pqc_loss(same, same, torch.ones(B, N, D), 0.1, neg_mask=mask)
+    negatives = (B - 1) + int(mask.sum())  # other positives + every unpadded explicit negative
+    assert out.chance.item() == pytest.approx(math.log(1 + negatives), abs=1e-6)
+    assert out.loss.item() == pytest.approx(out.chance.item(), abs=1e-5)
+    own = pqc_loss(same, same, torch.ones(B, N, D), 0.1, in_batch_negatives=False, neg_mask=mask)
+    assert own.chance.item() == pytest.approx((math.log(2) + (B - 1) * math.log(1 + N)) / B, abs=1e-6)
+    assert own.loss.item() == pytest.approx(own.chance.item(), abs=1e-5)
+
+
+def test_l2sp_by_hand():
+    w0 = [torch.tensor([1.0, 2.0]), torch.tensor([[0.5]])]
+    w = [torch.tensor([1.5, 0.0], requires_grad=True), torch.tensor([[-0.5]], requires_grad=True)]
+    # 0.3 / 2 * ((0.5^2 + 2^2) + 1^2) = 0.15 * 5.25
+    out = l2sp_loss(w, w0, 0.3)
+    assert out.item() == pytest.approx(0.7875)
+    out.backward()
+    torch.testing.assert_close(w[0].grad, 0.3 * (w[0].detach() - w0[0]))  # pulls toward the start, not toward 0
+    assert l2sp_loss([t.detach().clone() for t in w0], w0, 0.3).item() == 0.0
+    with pytest.raises(ValueError, match="2 parameters but 1 anchors"):
+        l2sp_loss(w, w0[:1], 0.3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddings.metrics import aisle_accuracy, auc_2v0, linear_probe, pair_features, retrieval
+from embeddings.metrics import (aisle_accuracy, auc_2v0, judged_ndcg, judged_recall, linear_probe, pair_features,
+                                retrieval)
 
 
 def test_retrieval_recall_and_ndcg_by_hand():
@@ -45,3 +46,20 @@ def test_pair_features_are_product_difference_and_cosine():
     p = np.array([[0.6, 0.8], [1.0, 0.0]])
     q = np.array([[0.0, 1.0], [1.0, 0.0]])
     np.testing.assert_allclose(pair_features(p, q), [[0.0, 0.8, 0.6, 0.2, 0.8], [1.0, 0.0, 0.0, 0.0, 1.0]])
+
+
+def test_judged_ndcg_and_recall_by_hand():
+    # query 7: judged items with gains 1.0 (E), 0.1 (S), 0 (I); ranked S, E, I by score
+    # query 3: one E ranked first; query 5: only gain 0 (no nDCG), but one relevant for recall? none -> skipped
+    q = np.array([7, 7, 7, 3, 3, 5])
+    gains = np.array([1.0, 0.1, 0.0, 1.0, 0.0, 0.0])
+    scores = np.array([0.5, 0.9, 0.1, 0.8, 0.2, 0.3])
+    dcg7 = 0.1 / np.log2(2) + 1.0 / np.log2(3)
+    idcg7 = 1.0 / np.log2(2) + 0.1 / np.log2(3)
+    assert judged_ndcg(q, gains, scores) == pytest.approx((dcg7 / idcg7 + 1.0) / 2)
+    assert judged_ndcg(q, gains, scores, k=1) == pytest.approx((0.1 + 1.0) / 2)
+    exact = gains == 1.0
+    assert judged_recall(q, exact, scores, k=1) == pytest.approx((0.0 + 1.0) / 2)
+    assert judged_recall(q, exact, scores) == pytest.approx(1.0)
+    # ties keep the input order
+    assert judged_ndcg(np.zeros(2), np.array([0.0, 1.0]), np.zeros(2), k=1) == 0.0

