@@ -31,7 +31,13 @@ class ModelConfig:
     over the attention mask, as sentence-transformers' all-MiniLM-L6-v2 was trained to be read). The image-grounded
     (multimodal) encoder always reads its first token. projection_init "identity" starts text_proj (and so
     product_proj and query_proj) as the identity (needs embed_dim == text_hidden): with init=minilm, all 6 layers
-    and mean pooling, the untrained model then embeds exactly like the pretrained sentence encoder."""
+    and mean pooling, the untrained model then embeds exactly like the pretrained sentence encoder.
+
+    query_tower: "separate" (DashCLIP: a query encoder and query_proj of their own, copied from the text side when
+    stage 2 starts) or "shared" (a siamese tower: queries go through the product's own text encoder and
+    product_proj, as sentence-transformers' bi-encoders do). Shared needs products embedded from their titles
+    (modalities="text" or product_input="title"): on ESCI (benchmarks/esci_bench.py) separate towers drifted apart
+    from the frozen product side and lost AUC to the shipped encoder, the shared one did not."""
 
     init: str = "minilm"  # "scratch" | "minilm" | path to a Hugging Face BLIP checkpoint directory
     modalities: Literal["image_text", "text"] = "image_text"  # "text": a catalog without images
@@ -52,6 +58,7 @@ class ModelConfig:
     enc_token_id: int = -1  # first token of image-grounded text; -1: the tokenizer's [CLS] (see encode_multimodal)
     pooling: Literal["cls", "mean"] = "cls"
     projection_init: Literal["random", "identity"] = "random"
+    query_tower: Literal["separate", "shared"] = "separate"
 
     def __post_init__(self):
         if self.init == "minilm":
@@ -69,6 +76,10 @@ class ModelConfig:
         if self.projection_init == "identity" and not self.from_blip_dir and self.embed_dim != self.text_hidden:
             raise ValueError(f"projection_init=identity needs embed_dim == text_hidden; got embed_dim="
                              f"{self.embed_dim}, text_hidden={self.text_hidden}")
+        if self.query_tower == "shared" and self.modalities != "text" and self.product_input != "title":
+            raise ValueError(f"query_tower=shared encodes queries with the product encoder, which needs products "
+                             f"embedded from their titles (modalities=text or product_input=title); got "
+                             f"modalities={self.modalities}, product_input={self.product_input}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         for hidden, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads")):
@@ -118,6 +129,12 @@ class Stage2Config:
     negative_labels: tuple[int, ...] = (0, 1)
     negative_weights: tuple[float, ...] = (0.75, 0.25)  # sampling ratio between the negative label types
     in_batch_negatives: bool = True
+    # Also the query -> product direction (sentence-transformers' MultipleNegativesRankingLoss: each positive query
+    # picks its product among the batch's products), averaged with the product -> query loss above.
+    symmetric: bool = False
+    # Hard negatives of that direction: per positive pair, up to this many products the query itself judged with a
+    # negative label (negative_weights between the labels). Needs symmetric.
+    negative_products: int = 0
     train_product_encoder: bool = False  # False: product side frozen, product_proj trained (fast)
     # Learning rate of the encoders (the pretrained weights); 0: `lr` for every parameter. The projections and the
     # temperature (the new layers) always use `lr`.
@@ -189,6 +206,11 @@ class EmbeddingConfig:
             owner = s2 if key.startswith("stage2.") else self
             if getattr(owner, key.removeprefix("stage2.")) < 0:
                 raise ConfigError(f"EmbeddingConfig: '{key}' must be non-negative")
+        if s2.negative_products < 0 or s2.negatives < 0:
+            raise ConfigError("EmbeddingConfig: 'stage2.negatives' and 'stage2.negative_products' must be non-negative")
+        if s2.negative_products and not s2.symmetric:
+            raise ConfigError("EmbeddingConfig: 'stage2.negative_products' are negatives of the query -> product "
+                              "direction: set 'stage2.symmetric' too")
         if s2.encoder_lr < 0 or s2.l2sp < 0:
             raise ConfigError("EmbeddingConfig: 'stage2.encoder_lr' and 'stage2.l2sp' must be non-negative")
         if s2.patience and not (s2.keep_best and (self.eval_every or s2.eval_every_steps)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -244,41 +245,63 @@ def _uniform(ids: np.ndarray, seed: int, stream: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+class Stage2Batch(NamedTuple):
+    product_ids: np.ndarray  # [B] the products of the positive pairs
+    pos_query_ids: np.ndarray  # [B] their positive queries
+    neg_query_ids: np.ndarray  # [B, N] negative queries of each product (padding where neg_mask is False)
+    neg_mask: np.ndarray  # [B, N] bool
+    neg_product_ids: np.ndarray  # [B, M] negative products of each positive query (padding where False below)
+    neg_product_mask: np.ndarray  # [B, M] bool
+
+
 class PairSampler:
     """Stage-2 examples: each positive pair (a query labelled in `positive_labels` for a product: DashCLIP's
     highly relevant, label 2) with up to N negative queries of that product, drawn from `negative_labels` (0, and
     by option 1) with `negative_weights` as the relative sampling ratio between negative label types (the paper's
-    Figure 2). A product with fewer negatives than N gets padding, masked out; in-batch negatives add more."""
+    Figure 2), and up to M negative products of that query (the products the query judged with a negative label,
+    the same ratios): the hard negatives of the query -> product direction. Fewer than N (M) gets padding, masked
+    out; in-batch negatives add more."""
 
     def __init__(self, relevance: pd.DataFrame, positive_labels: tuple[int, ...], negative_labels: tuple[int, ...],
-                 negative_weights: tuple[float, ...], negatives: int, seed: int):
+                 negative_weights: tuple[float, ...], negatives: int, seed: int, negative_products: int = 0):
         if len(negative_labels) != len(negative_weights):
             raise ValueError("negative_labels and negative_weights must have the same length")
         self.rng = np.random.default_rng(seed)
-        self.n_neg = negatives
+        self.n_neg, self.n_neg_products = negatives, negative_products
         pos = relevance[relevance.label.isin(positive_labels)]
         self.pairs = pos[["product_id", "query_id"]].to_numpy()  # [P, 2]
-        self.negatives: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         weight_of = dict(zip(negative_labels, negative_weights))
         neg = relevance[relevance.label.isin([k for k, w in weight_of.items() if w > 0])]
-        for pid, group in neg.groupby("product_id"):
+        self.negatives = self._by(neg, "product_id", "query_id", weight_of)  # product -> (queries, p)
+        self.negative_products = self._by(neg, "query_id", "product_id", weight_of)  # query -> (products, p)
+
+    @staticmethod
+    def _by(neg: pd.DataFrame, key: str, value: str, weight_of: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for k, group in neg.groupby(key):
             w = group.label.map(weight_of).to_numpy(dtype=np.float64)
-            self.negatives[int(pid)] = (group.query_id.to_numpy(), w / w.sum())
+            out[int(k)] = (group[value].to_numpy(), w / w.sum())
+        return out
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _draw(self, keys: np.ndarray, pool: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.zeros((len(keys), n), dtype=np.int64)
+        mask = np.zeros((len(keys), n), dtype=bool)
+        for i, key in enumerate(keys):
+            if n and int(key) in pool:
+                values, p = pool[int(key)]
+                k = min(n, len(values))
+                ids[i, :k] = self.rng.choice(values, size=k, replace=False, p=p)
+                mask[i, :k] = True
+        return ids, mask
+
     def epoch(self, batch_size: int):
-        """Yields (product_ids [B], pos_query_ids [B], neg_query_ids [B, N], neg_mask [B, N]) per batch."""
+        """Yields a Stage2Batch per batch of positive pairs, in a fresh random order."""
         order = self.rng.permutation(len(self.pairs))
         for s in range(0, len(order), batch_size):
             batch = self.pairs[order[s : s + batch_size]]
-            neg = np.zeros((len(batch), self.n_neg), dtype=np.int64)
-            mask = np.zeros((len(batch), self.n_neg), dtype=bool)
-            for i, pid in enumerate(batch[:, 0]):
-                if self.n_neg and int(pid) in self.negatives:
-                    qids, p = self.negatives[int(pid)]
-                    k = min(self.n_neg, len(qids))
-                    neg[i, :k] = self.rng.choice(qids, size=k, replace=False, p=p)
-                    mask[i, :k] = True
-            yield batch[:, 0], batch[:, 1], neg, mask
+            neg, mask = self._draw(batch[:, 0], self.negatives, self.n_neg)
+            neg_p, mask_p = self._draw(batch[:, 1], self.negative_products, self.n_neg_products)
+            yield Stage2Batch(batch[:, 0], batch[:, 1], neg, mask, neg_p, mask_p)

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BlipForImageTextRetrieval, BlipTextModel
 
 from embeddings.config import ModelConfig
-from embeddings.pretrained import blip_config, blip_dir, load_tokenizer, warm_start_from_minilm
+from embeddings.pretrained import blip_config, blip_dir, load_pretrained, load_tokenizer, warm_start_from_minilm
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,10 @@ class DashClip(nn.Module):
         return F.normalize(self.product_proj(self.product_hidden(input_ids, attention_mask, pixel_values)), dim=-1)
 
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Search query -> [B, D] through the dedicated query encoder and query_proj."""
+        """Search query -> [B, D] through the dedicated query encoder and query_proj, or with
+        ModelConfig.query_tower="shared" through the product's title encoder and product_proj (siamese)."""
+        if self.cfg.query_tower == "shared":
+            return self.encode_product(input_ids, attention_mask)
         hidden = self.query_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B,L,Ht]
         return F.normalize(self.query_proj(self.pool(hidden, attention_mask)), dim=-1)
 
@@ -159,7 +162,7 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> DashClip:
     """A DashClip for the config: from scratch, warm-started from MiniLM, or from a BLIP checkpoint directory."""
     torch.manual_seed(seed)
     if cfg.from_blip_dir:
-        blip = BlipForImageTextRetrieval.from_pretrained(str(blip_dir(cfg)), local_files_only=True)
+        blip = load_pretrained(BlipForImageTextRetrieval, blip_dir(cfg))
     else:
         blip = BlipForImageTextRetrieval(blip_config(cfg))
         if cfg.init == "minilm":

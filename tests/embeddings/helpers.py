@@ -50,10 +50,10 @@ def run_train(world, stage, *overrides, out_name=None) -> int:
                        *overrides])
 
 
-def mlflow_runs() -> dict:
-    """The runs of the dashclip-embeddings experiment by name."""
+def mlflow_runs(experiment: str = "dashclip-embeddings") -> dict:
+    """The runs of an MLflow experiment (default: the embeddings') by name."""
     import mlflow  # here, not at the top: the model tests import this module and never need MLflow
 
     client = mlflow.tracking.MlflowClient()
-    exp = client.get_experiment_by_name("dashclip-embeddings")
+    exp = client.get_experiment_by_name(experiment)
     return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}

@@ -34,6 +34,8 @@ def test_the_tiny_config_overrides_the_defaults():
     (["stage2.batch_size=0"], "'stage2.batch_size' must be at least 1"),
     (["stage1.epochs=0"], "'stage1.epochs' must be at least 1"),
     (["checkpoint_every=0"], "'checkpoint_every' must be at least 1"),
+    (["stage2.negative_products=2"], "'stage2.negative_products' are negatives of the query -> product direction"),
+    (["stage2.symmetric=true", "stage2.negative_products=-1"], "'stage2.negative_products' must be non-negative"),
 ])
 def test_inconsistent_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,6 +50,7 @@ def test_inconsistent_settings_are_refused_by_name(overrides, message):
     ({"max_query_len": 1}, r"max_query_len=1 must be in \[2, 512\]"),
     ({"max_title_len": 513}, r"max_title_len=513 must be in \[2, 512\]"),
     ({"temp_init": 0.0}, "temp_init=0.0 must be positive"),
+    ({"query_tower": "shared"}, "query_tower=shared encodes queries with the product encoder"),
 ])
 def test_model_config_refuses_sizes_no_model_has(sizes, message):
     with pytest.raises(ValueError, match=message):

@@ -99,16 +99,29 @@ def test_pair_sampler_draws_positives_from_label_2_and_negatives_by_ratio():
     assert len(s) == 3
     batches = list(s.epoch(batch_size=2))
     assert [len(b[0]) for b in batches] == [2, 1]
-    for pids, pos, neg, mask in batches:
+    for pids, pos, neg, mask, _, _ in batches:
         for p, q, n, m in zip(pids, pos, neg, mask):
             assert (p, q) in {(1, 1), (1, 2), (2, 5)}
             assert m.sum() == 1 and n[m][0] == {1: 3, 2: 6}[p]  # label 1 has weight 0: only the label-0 query
     mixed = PairSampler(_relevance(), (2,), (0, 1), (0.25, 0.75), negatives=1, seed=0)
-    drawn = [n[0, 0] for _ in range(400) for pids, _, n, m in mixed.epoch(1) if pids[0] == 1]
+    drawn = [b.neg_query_ids[0, 0] for _ in range(400) for b in mixed.epoch(1) if b.product_ids[0] == 1]
     share_label1 = np.mean(np.array(drawn) == 4)
     assert 0.65 < share_label1 < 0.85  # about 0.75
     with pytest.raises(ValueError, match="same length"):
         PairSampler(_relevance(), (2,), (0, 1), (1.0,), negatives=1, seed=0)
+
+
+def test_pair_sampler_draws_negative_products_of_the_positive_query():
+    # query 1 judged products 1 (label 2), 3 (label 0), 4 (label 1); query 2 judged product 2 (label 2) only
+    rel = pd.DataFrame({"product_id": [1, 3, 4, 2], "query_id": [1, 1, 1, 2], "label": [2, 0, 1, 2]})
+    s = PairSampler(rel, (2,), (0, 1), (1.0, 0.0), negatives=0, seed=0, negative_products=2)
+    (b,) = list(s.epoch(batch_size=2))
+    assert b.neg_query_ids.shape == (2, 0)
+    for q, n, m in zip(b.pos_query_ids, b.neg_product_ids, b.neg_product_mask):
+        assert list(n[m]) == {1: [3], 2: []}[q]  # label 1 has weight 0; query 2 has no negative product
+    mixed = PairSampler(rel, (2,), (0, 1), (0.25, 0.75), negatives=0, seed=0, negative_products=1)
+    drawn = [b.neg_product_ids[0, 0] for _ in range(400) for b in mixed.epoch(1) if b.pos_query_ids[0] == 1]
+    assert 0.65 < np.mean(np.array(drawn) == 4) < 0.85  # product 4 (label 1) about 3 times in 4
 
 
 def test_stage2_inputs_read_pictures_only_when_the_model_looks_at_them(tiny_world):

@@ -89,6 +89,19 @@ def test_text_only_catalog_encodes_products_without_images():
         build_model(TINY).encode_product(ids, mask)
 
 
+def test_a_shared_query_tower_encodes_queries_exactly_as_titles():
+    ids, mask, _ = model_inputs()
+    shared = build_model(dataclasses.replace(TINY, modalities="text", query_tower="shared")).eval()
+    separate = build_model(dataclasses.replace(TINY, modalities="text")).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(shared.product_proj.weight)  # the two projections differ from now on
+        torch.nn.init.normal_(separate.product_proj.weight)
+        torch.testing.assert_close(shared.encode_query(ids, mask), shared.encode_product(ids, mask))
+        assert not torch.allclose(separate.encode_query(ids, mask), separate.encode_product(ids, mask))
+    # title ablation of an image catalog: the title is the product, so a shared tower is allowed
+    build_model(dataclasses.replace(TINY, product_input="title", query_tower="shared"))
+
+
 @pytest.mark.parametrize("product_input, keep, kept", [("multimodal", True, True), ("multimodal", False, False),
                                                        ("title", True, False), ("image", True, False)])
 def test_start_stage2_keeps_a_trained_multimodal_product_proj_only_when_asked(product_input, keep, kept):

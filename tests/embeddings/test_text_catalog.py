@@ -29,7 +29,7 @@ from embeddings.train import StopTraining, _check_chance
 from feature_store.derive import product_attribute_features
 from feature_store.schema import SchemaError, read_table, write_table
 from tests.conftest import ROOT
-from tests.embeddings.helpers import mlflow_runs, run_train
+from tests.embeddings.helpers import CONFIG, mlflow_runs, run_train
 from tests.helpers.tables import rewrite_raw_table
 
 TEXT_CONFIG = ROOT / "experiments" / "configs" / "embeddings" / "text.yaml"
@@ -110,7 +110,7 @@ def test_an_encoder_that_maps_different_titles_to_one_vector_is_caught(tiny_worl
 
 class _Run:
     def __init__(self, losses, chance):
-        self.history = [{"step": i, "pqc": x, "chance": chance} for i, x in enumerate(losses)]
+        self.history = [{"step": i, "contrastive": x, "chance": chance} for i, x in enumerate(losses)]
         self.step = len(losses)
 
 
@@ -190,6 +190,17 @@ def test_text_catalog_stage2_precompute_evaluate_and_feature_store(text_world, t
     assert (train.price == 0).all()
     assert np.abs(np.stack(train.product_embedding.to_numpy())).sum(1).min() > 0  # vectors known from the epoch
 
+    # and the two-tower pCTR model on it, with the documented command
+    from ranking.train import main as ranking_train
+
+    ranking = ROOT / "experiments" / "configs" / "ranking" / "tiny.yaml"
+    assert ranking_train(["--config", str(ranking), f"data={text_world}", "embedding_version=v1",
+                          "models=[dcn, dashclip_two_tower]", "train.epochs=1", "bootstrap_samples=0",
+                          f"export_dir={tmp_path / 'exports'}", f"checkpoint_dir={tmp_path / 'ranking'}"]) == 0
+    runs = {r.data.tags.get("model"): r for r in mlflow_runs("pctr-ranking").values()}
+    two_tower = runs["dashclip_two_tower"]
+    assert two_tower.info.status == "FINISHED" and 0.5 < two_tower.data.metrics["test/auc"] < 1
+
 
 def test_product_attributes_of_a_catalog_without_them_are_the_defaults():
     out = product_attribute_features(pa.table({"product_id": pa.array([3, 1], pa.int64()),
@@ -265,3 +276,28 @@ def test_keep_best_starts_at_step_0_and_resumes_to_the_same_weights(text_world, 
     b = load_file(str(tmp_path / "b" / "stage2" / "model.safetensors"))
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+
+
+def test_a_shared_tower_in_both_directions_with_hard_negative_products_trains_and_resumes(text_world, tmp_path):
+    shared = (*TEXT, "model.query_tower=shared", "stage2.symmetric=true", "stage2.negative_products=2",
+              "stage2.lr=0.01", "max_steps=4")
+    assert run_train(text_world, 2, *shared, f"checkpoints={tmp_path / 'a'}") == 0
+    with pytest.raises(StopTraining):
+        run_train(text_world, 2, *shared, f"checkpoints={tmp_path / 'b'}", "stop_at_step=2")
+    assert run_train(text_world, 2, *shared, f"checkpoints={tmp_path / 'b'}") == 0
+    meta = json.loads((tmp_path / "a" / "stage2" / "model_config.json").read_text())
+    assert meta["model_config"]["query_tower"] == "shared"
+    for h in meta["history"]:  # both directions, averaged
+        assert h["contrastive"] == pytest.approx((h["pqc"] + h["qpc"]) / 2, rel=1e-5)
+    a = load_file(str(tmp_path / "a" / "stage2" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "stage2" / "model.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+    start = build_model(load_config(EmbeddingConfig, CONFIG, list(shared)).model, seed=0)
+    moved = [k for k, v in start.state_dict().items() if k.startswith("text_encoder.") and ".layer." in k
+             and not torch.equal(v, a[k])]
+    assert moved  # the one tower trained (queries and titles alike)
+    model, _ = load_checkpoint(tmp_path / "a" / "stage2")
+    ids, mask = tokenize(load_tokenizer(model.cfg), ["gala apples", "lager six pack"], model.cfg.max_query_len)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_query(ids, mask), model.encode_product(ids, mask))
