@@ -39,7 +39,10 @@ EXTRAS = {
         "protobuf<7",
         "lightgbm>=4",
     ],
-    "ab": ["tea-tasting==1.14.*"],  # 2.x needs Python 3.12
+    "ab": [
+        "tea-tasting==1.14.*",  # 2.x needs Python 3.12
+        "nbconvert==7.17.2",  # the notebooks' HTML reports (experiments.ab.report)
+    ],
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
     "dev": ["pytest>=8"],
 }

@@ -27,7 +27,10 @@ one salt). `broken_split` drops that share of the treatment arm's users from the
 a sample-ratio test must catch. Passing the same export as --control and --treatment is an A/A test.
 
 Outputs in <out> (default <data>/experiments/<name>/):
-- log/part-00000.parquet: the `experiment_log` table (feature_store/schema/tables.py): one row per (user, request).
+- log/part-00000.parquet: the `experiment_log` table (feature_store/schema/tables.py): one row per (user, request),
+  with the segments query_segment (head / torso / tail by pre-period requests), user_history (returning / new) and
+  new_products (some / none: the request's candidates include a product whose created_ts, in raw/products, is on
+  or after the test start of world.json; the candidates, not what an arm showed, so the segment is arm-free).
 - truth.json: the hidden truth: each arm's expected CTR and CVR computed exactly from the true probabilities over
   ALL test requests (both arms evaluated counterfactually on every request) and the true relative lifts.
 - interleaving.json: team-draft interleaving of the two rankings on the same requests (clicks from the true model),
@@ -113,6 +116,7 @@ class Candidates:
     ts: np.ndarray  # (R,) datetime64[us] UTC
     query_segment: np.ndarray  # (R,) head / torso / tail
     pre: pd.DataFrame  # user_id, pre_clicks, pre_impressions (pre-period = train + valid days)
+    new_products: np.ndarray | None = None  # (R,) some / none: a candidate created on or after the test start
 
     @property
     def n_requests(self) -> int:
@@ -189,12 +193,19 @@ def candidates_from(data: Path, table: pa.Table, head_min_requests: int) -> Cand
     query_requests = pre_rows.drop_duplicates("request_id")["query_id"].value_counts()
     n_pre = query_requests.reindex(frame["query_id"].to_numpy()[first]).fillna(0).to_numpy()
     segment = np.where(n_pre >= head_min_requests, "head", np.where(n_pre >= 1, "torso", "tail"))
+    # New products: created inside the experiment window (on or after the test start). The segment is the request's
+    # candidate set, which retrieval fixed before either arm ranked it, not what an arm showed (that would make the
+    # segment depend on the arm and bias its lift).
+    created = pq.read_table(data / "raw" / "products", columns=["product_id", "created_ts"]).to_pandas()
+    created = created.set_index("product_id")["created_ts"].reindex(frame["product_id"].to_numpy())
+    new = (created >= test_start).to_numpy()
+    has_new = np.bincount(request, weights=new.astype(float), minlength=len(request_ids)) > 0
     ts = frame["ts"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
     return Candidates(
         table=table, request=request, attraction=np.clip(attraction, 0, 1), conv_prob=1 / (1 + np.exp(-conv_logit)),
         position_decay=decay, request_id=request_ids, user_id=frame["user_id"].to_numpy()[first],
         query_id=frame["query_id"].to_numpy()[first], ts=ts[first].astype("datetime64[us]"),
-        query_segment=segment, pre=pre)
+        query_segment=segment, pre=pre, new_products=np.where(has_new, "some", "none"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,6 +311,8 @@ def draw_log(candidates: Candidates, positions: dict[str, np.ndarray], in_treatm
         "impressions": impressions, "clicks": clicks, "conversions": conversions,
         "query_segment": candidates.query_segment,
     })
+    if candidates.new_products is not None:
+        log["new_products"] = candidates.new_products
     log = log.merge(candidates.pre, on="user_id", how="left")
     for c in ("pre_clicks", "pre_impressions"):
         log[c] = log[c].fillna(0).astype(np.int64)

@@ -13,6 +13,12 @@ The log has one row per (user, request), or already one row per user. Columns:
 | ts              | timestamp, tz-aware  | no       | converted to UTC                               |
 | pre_clicks      | int64 >= 0           | no       | pre-period clicks, constant per user (CUPED)   |
 | pre_impressions | int64 >= 0           | no       | pre-period impressions, constant per user      |
+
+Optional segment columns (strings; `report.segment_lifts` reads the lift within each value of those present):
+query_segment (head / torso / tail query by pre-period requests), user_history (returning / new user),
+new_products (some / none: the request's candidates, retrieved before ranking, include a product created inside
+the experiment window). A segment must not depend on the arm: what an arm showed is an outcome, not a segment.
+Other columns pass through unchecked.
 """
 
 from __future__ import annotations

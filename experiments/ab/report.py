@@ -9,14 +9,12 @@ simulator.
 - `srm_verdict`, `cuped_effect`, `cumulative_lift`, `segment_lift`: the other tables.
 - `lift_plot`, `cumulative_plot`, `segment_plot`, `users_needed_plot`: matplotlib figures.
 - `execute_notebook(src, html, parameters)`: run a notebook headless (nbclient), parameters injected after the
-  cell tagged `parameters`, and write a self-contained HTML copy (a small built-in exporter: nbconvert is not in
-  the pinned stack).
+  cell tagged `parameters`, and write a self-contained HTML copy (`notebook_html`: nbconvert's HTMLExporter,
+  markdown rendered, images embedded, no script from the network).
 """
 
 from __future__ import annotations
 
-import base64
-import html as html_lib
 import json
 from pathlib import Path
 
@@ -81,7 +79,7 @@ def cumulative_lift(log: pd.DataFrame, metric: str = "ctr", cuped: bool = False)
 
 
 def segment_lift(log: pd.DataFrame, column: str, metric: str = "ctr") -> pd.DataFrame:
-    """The lift within each value of a segment column of the log (e.g. query_segment, user_history)."""
+    """The lift within each value of a segment column of the log (e.g. query_segment, user_history, new_products)."""
     rows = []
     for value, part in log.groupby(column, sort=True):
         users = ablog.user_table(part.drop(columns=[column]))
@@ -95,9 +93,12 @@ def segment_lift(log: pd.DataFrame, column: str, metric: str = "ctr") -> pd.Data
     return pd.DataFrame(rows)
 
 
+SEGMENTS = ("query_segment", "user_history", "new_products")  # the experiment_log's optional segment columns
+
+
 def segment_lifts(log: pd.DataFrame, metric: str = "ctr") -> pd.DataFrame:
-    """`segment_lift` for every segment column the log carries."""
-    columns = [c for c in ("query_segment", "user_history") if c in log.columns]
+    """`segment_lift` for every segment column (SEGMENTS) the log carries; a log without any gives an empty frame."""
+    columns = [c for c in SEGMENTS if c in log.columns]
     parts = [segment_lift(log, c, metric) for c in columns]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -195,44 +196,38 @@ def execute_notebook(src: str | Path, html_path: str | Path, parameters: dict, t
     lines = ["# injected parameters"] + [f"{k} = {v!r}" for k, v in parameters.items()]
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]}))
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # The kernel's own start-up warnings (ipykernel's "running over TCP without encryption") are not the report's.
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--IPKernelApp.log_level=ERROR"],
                    resources={"metadata": {"path": str(Path.cwd())}}).execute()
     if executed_path is not None:
         nbformat.write(nb, str(executed_path))
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(notebook_html(nb, title=Path(src).stem))
+    html_path.write_text(notebook_html(nb, title=Path(src).stem, path=Path(src).parent), encoding="utf-8")
     return html_path
 
 
-def notebook_html(nb, title: str = "notebook") -> str:
-    """A self-contained HTML page of an executed notebook: markdown as text, code, text/HTML/PNG outputs."""
-    esc = html_lib.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:1000px;margin:auto} pre{background:#f6f6f6;padding:6px}"
-             ".md{white-space:pre-wrap} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:2px 6px}"
-             "</style></head><body>"]
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            parts.append(f"<div class='md'>{esc(cell.source)}</div>")
-            continue
-        if cell.cell_type != "code":
-            continue
-        parts.append(f"<pre><code>{esc(cell.source)}</code></pre>")
-        for out in cell.get("outputs", []):
-            if out.output_type == "stream":
-                parts.append(f"<pre>{esc(out.text)}</pre>")
-            elif out.output_type in ("execute_result", "display_data"):
-                data = out.get("data", {})
-                if "image/png" in data:
-                    png = data["image/png"]
-                    png = png if isinstance(png, str) else base64.b64encode(png).decode()
-                    parts.append(f"<img src='data:image/png;base64,{png.strip()}'/>")
-                elif "text/html" in data:
-                    parts.append(data["text/html"])
-                elif "text/plain" in data:
-                    parts.append(f"<pre>{esc(data['text/plain'])}</pre>")
-            elif out.output_type == "error":
-                parts.append(f"<pre style='color:red'>{esc(out.ename)}: {esc(out.evalue)}</pre>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+# The lab template less its <script src=...> tags (require.js, MathJax, mermaid from a CDN): the page must open offline.
+_TEMPLATE = "ab_report.html.j2"
+_TEMPLATE_SOURCE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def notebook_html(nb, title: str = "notebook", path: str | Path | None = None) -> str:
+    """A self-contained HTML page of an executed notebook, by nbconvert's HTMLExporter (lab template).
+
+    Markdown is rendered (headings, lists, tables, code), outputs as Jupyter shows them; figures and any image a
+    markdown cell links (relative to `path`, the notebook's folder) are embedded as base64, CSS is inlined, and no
+    script is loaded from the network.
+    """
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({_TEMPLATE: _TEMPLATE_SOURCE})],
+                            template_file=_TEMPLATE, embed_images=True)
+    resources = {"metadata": {"name": title, "path": str(path or Path.cwd())}}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    return body

@@ -325,6 +325,9 @@ TABLES: dict[str, TableSchema] = {
             Column("pre_impressions", pa.int64(), min=0, optional=True, doc="the user's pre-period impressions"),
             Column("query_segment", pa.string(), optional=True, doc="head / torso / tail (pre-period requests)"),
             Column("user_history", pa.string(), optional=True, doc="returning (pre-period impressions) / new"),
+            Column("new_products", pa.string(), optional=True,
+                   doc="some / none: the request's candidates (retrieved before ranking, the same for both arms) "
+                       "include a product created inside the experiment window"),
             doc="An online experiment's log (python -m experiments.ab_simulate, or yours): one row per (user, "
                 "request); experiments.ab.log validates the cross-column rules (one arm per user, counts "
                 "nested, pre-period constant per user)."),

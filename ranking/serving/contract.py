@@ -45,13 +45,15 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tqdm import tqdm
+
+# ranking.tf_legacy_keras first: tensorflow_serving imports TensorFlow, which must start with tf-keras (and quietly)
+from ranking.tf_legacy_keras import tf  # isort: skip
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2  # noqa: E402  isort: skip
 
 from ranking.models import PCTRModel, build_model
 from ranking.pipeline import input_signature
 from ranking.serving.tf_example import check_columns, encode_examples, parse_spec
-from ranking.tf_legacy_keras import tf
 from ranking.training_set import FeatureSpec
 
 SIGNATURES = ("serving_default", "serve_tf_example")

@@ -11,6 +11,7 @@ import pytest
 from experiments import ab_simulate as sim
 from experiments.ab import analysis
 from experiments.ab import log as ablog
+from experiments.ab import report
 from feature_store.schema import read_table
 
 SLOTS = 4
@@ -65,11 +66,32 @@ def test_log_follows_the_declared_table_and_the_library(candidates, positions, t
     path = sim.write_log(log, tmp_path / "log")
     back = read_table("experiment_log", path)
     assert back.num_rows == candidates.n_requests
+    assert {"query_segment", "user_history", "new_products"} <= set(back.column_names)
     users = ablog.user_table(back.to_pandas())
     assert set(users["arm"]) == {"control", "treatment"}
     assert analysis.srm(users) > 0.001
     fast = sim.fast_user_table(candidates, positions, "salt", np.random.default_rng(1))
     assert np.array_equal(fast["clicks"].to_numpy(), users["clicks"].to_numpy())
+
+
+def test_new_products_segment_is_the_requests_with_a_candidate_created_in_the_experiment(candidates, tiny_world,
+                                                                                          positions):
+    """Per request, from the raw tables alone: does any candidate have created_ts >= the test start?"""
+    import json
+
+    import pandas as pd
+
+    test_start = pd.Timestamp(json.loads((tiny_world / "world.json").read_text())["splits"]["test"][0])
+    created = pq.read_table(tiny_world / "raw" / "products", columns=["product_id", "created_ts"]).to_pandas()
+    rows = pd.DataFrame({"request_id": candidates.request_id[candidates.request],
+                         "product_id": candidates.table.column("product_id").to_numpy()}).merge(created)
+    expected = (rows["created_ts"] >= test_start).groupby(rows["request_id"]).any()
+    assert np.array_equal(candidates.new_products == "some", expected.reindex(candidates.request_id).to_numpy())
+    assert 0 < (candidates.new_products == "some").mean() < 1  # both segments occur on the tiny world
+    log = sim.simulate_log(candidates, positions, "salt", seed=1)
+    assert np.array_equal(log["new_products"].to_numpy(), candidates.new_products)  # arm-free: the same in both arms
+    segments = report.segment_lifts(log)["segment"].tolist()
+    assert {"new_products=some", "new_products=none", "query_segment=head"} <= set(segments)
 
 
 def test_broken_split_is_caught_by_the_srm_test(candidates, positions):

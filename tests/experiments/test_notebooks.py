@@ -52,7 +52,10 @@ def test_notebook_runs_headless_and_writes_html(experiment, name, images):
                             executed_path=out / f"{name}.ipynb")
     text = html.read_text()
     assert text.count("data:image/png;base64") >= images
-    assert "color:red" not in text  # no error output
+    executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]  # every cell ran, none failed
+    assert "Traceback" not in text
     executed = nbformat.read(str(out / f"{name}.ipynb"), as_version=4)
     assert all(c.get("execution_count") for c in executed.cells if c.cell_type == "code")
     if name.startswith("01"):
