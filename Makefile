@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench install constraints clean-data
+.PHONY: demo test bench bench-esci install constraints clean-data
 
 DATA   := data/$(WORLD)
 CKPT   := $(DATA)/embeddings/checkpoints
@@ -51,6 +51,15 @@ PEERS ?= deepctr fuxictr
 bench: $(STAMP)
 	$(if $(strip $(PEERS)),benchmarks/peers/setup_venvs.sh $(PEERS))
 	$(PY) -m benchmarks.ctr_bench --folds 5 --peers $(PEERS)
+
+# DashCLIP stage 2 vs all-MiniLM-L6-v2 as shipped and vs sentence-transformers' own fine-tune of it (the st peer, in
+# .bench-venvs/st) on 150 real ESCI queries, 5 folds x 3 seeds -> benchmarks/results/esci.md; runs are cached in
+# benchmarks/results/esci_runs, so an interrupted run resumes. ESCI_PEERS= runs stage 2 alone; ESCI_ARGS adds flags
+# (e.g. ESCI_ARGS="--train-queries 30,60,0" for the learning curve).
+ESCI_PEERS ?= st
+bench-esci: $(STAMP)
+	$(if $(strip $(ESCI_PEERS)),benchmarks/peers/setup_venvs.sh $(ESCI_PEERS))
+	$(PY) -m benchmarks.esci_bench $(if $(strip $(ESCI_PEERS)),--peers $(ESCI_PEERS)) $(ESCI_ARGS)
 
 install: $(STAMP)
 
