@@ -11,13 +11,28 @@ from PIL import Image
 from embeddings import train
 from embeddings.config import ModelConfig
 from embeddings.preprocess import preprocess_images, tokenize
-from embeddings.pretrained import load_tokenizer
+from embeddings.pretrained import load_tokenizer, minilm_dir
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "experiments" / "configs" / "embeddings" / "tiny.yaml")
 TINY = ModelConfig(init="scratch", image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
                    text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64, embed_dim=16)
 TITLES = ["Sunny Farms Gala Apples 1kg", "Blue Bay Lager 6 Pack", "Whiskers cat litter"]
+
+
+def save_tiny_blip(folder, image_size: int, seed: int) -> None:
+    """A Hugging Face BLIP checkpoint directory (save_pretrained) with tiny sizes unlike TINY's, and MiniLM's
+    vocabulary as its tokenizer: what a user's --blip / init=<dir> points at."""
+    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
+
+    config = BlipConfig(text_config=dict(vocab_size=30522, hidden_size=24, encoder_hidden_size=16, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=2, is_decoder=True, bos_token_id=101),
+                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=image_size, patch_size=8),
+                        image_text_hidden_size=8)
+    torch.manual_seed(seed)
+    BlipForImageTextRetrieval(config).save_pretrained(folder)
+    BertTokenizer(vocab_file=str(minilm_dir() / "vocab.txt")).save_pretrained(folder)
 
 
 def png(pixels: np.ndarray) -> bytes:

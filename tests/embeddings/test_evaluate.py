@@ -13,7 +13,7 @@ from embeddings.config import EmbeddingConfig
 from embeddings.data import load_catalog
 from embeddings.evaluate import METRICS, format_table, load_eval_data, world_judgments
 from feature_store.schema import read_table
-from tests.embeddings.helpers import CONFIG
+from tests.embeddings.helpers import CONFIG, save_tiny_blip
 
 
 def test_world_judgments_agree_with_the_golden_labels(tiny_world):
@@ -54,21 +54,12 @@ def test_a_hugging_face_blip_directory_gets_its_own_row(world, tmp_path, capsys)
 
     import numpy as np
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
     from embeddings import evaluate
     from embeddings.model import build_model
-    from embeddings.pretrained import minilm_dir
 
-    config = BlipConfig(text_config=dict(vocab_size=30522, hidden_size=24, encoder_hidden_size=16, intermediate_size=48,
-                                         num_hidden_layers=1, num_attention_heads=2, is_decoder=True, bos_token_id=101),
-                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=16, patch_size=8),
-                        image_text_hidden_size=8)
-    torch.manual_seed(5)
     blip = tmp_path / "blip"
-    BlipForImageTextRetrieval(config).save_pretrained(blip)
-    BertTokenizer(vocab_file=str(minilm_dir() / "vocab.txt")).save_pretrained(blip)
+    save_tiny_blip(blip, image_size=16, seed=5)
     assert evaluate.main(["--config", CONFIG, "--data", str(world), "--blip", str(blip), "--no-tsne"]) == 0
     table = capsys.readouterr().out.split("labels: golden")[1].splitlines()[2:]
     assert [row.split()[0] for row in table] == ["offshelf", "blip", "untrained"]

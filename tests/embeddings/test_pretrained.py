@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
 from embeddings.checkpoint import load_checkpoint, save_checkpoint
 from embeddings.config import ModelConfig
@@ -15,19 +14,12 @@ from embeddings.model import build_model
 from embeddings.preprocess import tokenize
 from embeddings.pretrained import (architecture, blip_config, load_tokenizer, minilm_dir, resolved_blip_config,
                                    warm_start_from_minilm)
-from tests.embeddings.helpers import TINY, model_inputs
+from tests.embeddings.helpers import TINY, model_inputs, save_tiny_blip
 
 
 def test_loads_a_hugging_face_blip_checkpoint_directory(tmp_path):
     # sizes unlike TINY's: a BLIP directory's own config wins over the ModelConfig sizes
-    config = BlipConfig(text_config=dict(vocab_size=30522, hidden_size=24, encoder_hidden_size=16, intermediate_size=48,
-                                         num_hidden_layers=1, num_attention_heads=2, is_decoder=True, bos_token_id=101),
-                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=8),
-                        image_text_hidden_size=8)
-    torch.manual_seed(123)
-    BlipForImageTextRetrieval(config).save_pretrained(tmp_path)
-    BertTokenizer(vocab_file=str(minilm_dir() / "vocab.txt")).save_pretrained(tmp_path)
+    save_tiny_blip(tmp_path, image_size=32, seed=123)
     cfg = dataclasses.replace(TINY, init=str(tmp_path))
     model = build_model(cfg).eval()
     saved = load_file(str(tmp_path / "model.safetensors"))
