@@ -14,9 +14,10 @@ import argparse
 import dataclasses
 import difflib
 import re
+import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -276,3 +277,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """The config for parsed arguments from a parser set up with `add_config_args`."""
     return load_config(cls, args.config, args.overrides)
+
+
+def exit_on(main: Callable[[], int], *errors: type[Exception]) -> None:
+    """Run an entry point's main() and exit with its status; one of `errors` (bad input the entry point names:
+    a config key, a column, a file) ends as one line `error: ...` on stderr and exit status 2, no traceback."""
+    try:
+        sys.exit(main())
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from core.config import ConfigError, add_config_args, config_to_dict, load_config
+from core.config import ConfigError, add_config_args, config_to_dict, exit_on, load_config
 from feature_store.schema.tables import CLICK_LOG, TIMESTAMP
 from feature_store.schema.validation import SchemaError, validate_against
 from ranking.loaders import (KEY_COLUMNS, LABEL, ClickLog, LoaderError, load_avazu, load_criteo, load_libfm,
@@ -309,8 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, LoaderError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    exit_on(main, ConfigError, LoaderError)

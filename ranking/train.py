@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import numpy as np
 from mlflow.entities import Metric
 
 from core import metrics
-from core.config import ConfigError, add_config_args, config_to_dict, load_config
+from core.config import ConfigError, add_config_args, config_to_dict, exit_on, load_config
 from core.tracking import flatten, setup_mlflow, tracking_uri
 from ranking.baselines import make_baseline, required_columns
 from ranking.calibration import fit_calibration, logit, sigmoid
@@ -476,8 +475,4 @@ def _sigterm_raises() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, TrainingSetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    exit_on(main, ConfigError, TrainingSetError)

@@ -275,3 +275,20 @@ def test_string_annotations_from_future_import(tmp_path, monkeypatch):
         load_config(module.Outer, None, ["dims=[x]"])
     with pytest.raises(ConfigError, match="key 'inner.size': expected int"):
         load_config(module.Outer, None, ["inner.size=1.5"])
+
+
+def test_exit_on_turns_the_named_errors_into_one_line_and_status_2(capsys):
+    from core.config import exit_on
+
+    def bad() -> int:
+        raise ConfigError("ranking.yaml: unknown key 'epochz'")
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on(bad, ConfigError)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: ranking.yaml: unknown key 'epochz'\n"
+    with pytest.raises(SystemExit) as stop:
+        exit_on(lambda: 0, ConfigError)
+    assert stop.value.code == 0
+    with pytest.raises(KeyError):  # not named: a bug, with its traceback
+        exit_on(lambda: {}["x"], ConfigError)
