@@ -87,6 +87,7 @@ from scipy import stats  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from core.config import add_config_args, config_from_args  # noqa: E402
+from core.files import write_text_atomically  # noqa: E402
 from core.metrics import auc  # noqa: E402
 from embeddings.checkpoint import load_checkpoint  # noqa: E402
 from embeddings.config import EmbeddingConfig, set_threads  # noqa: E402
@@ -332,16 +333,10 @@ class RunCache:
         folder = self.folder(key)
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "key.json").is_file():
-            _write_atomic(folder / "key.json", json.dumps(key, indent=1, sort_keys=True, default=str))
+            write_text_atomically(folder / "key.json", json.dumps(key, indent=1, sort_keys=True, default=str))
         path = folder / f"{name}.json"
-        _write_atomic(path, json.dumps(record, default=_jsonable))
+        write_text_atomically(path, json.dumps(record, default=_jsonable))
         return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _jsonable(x):
