@@ -260,6 +260,11 @@ def pqc_loss(
         query can be the positive of several products in a batch). neg_query_ids: [B, N] optional, the same rule
         for explicit negatives (a query irrelevant to product k may be relevant to product i); needs pos_query_ids.
     accuracy: share of rows whose positive has a strictly higher similarity than every negative of that row.
+
+    Nothing here depends on which side is the product: stage 2's query -> product direction (Stage2Config.symmetric)
+    calls it with the queries as rows, their products as positives, each query's negative products as the explicit
+    negatives and the query ids as pos_query_ids (a batch product that is another positive of the same query is
+    then not a negative).
     """
     if product_emb.ndim != 2 or pos_query_emb.shape != product_emb.shape:
         raise ValueError(f"product_emb and pos_query_emb must both be [B, D]; got {tuple(product_emb.shape)} and "
