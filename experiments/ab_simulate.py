@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, load_config
+from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on, load_config
 from core.files import write_text_atomically
 
 ARMS = ("control", "treatment")
@@ -455,13 +454,18 @@ def run(cfg: AbSimConfig, control: str | Path, treatment: str | Path, data: str 
     from ranking.serving.online import OnlineRanker
 
     data = Path(data)
+    if not (data / "world.json").is_file():
+        raise ConfigError(f"--data {data}: no world.json (expected a simulated world folder, e.g. data/demo)")
     out = Path(cfg.out) if cfg.out else data / "experiments" / cfg.name
+    exports, infos = {}, {}
+    for arm, export in {"control": Path(control), "treatment": Path(treatment)}.items():
+        try:  # both models checked before the (slow) candidate load
+            exports[arm], infos[arm] = model_version(export)
+        except ValueError as err:
+            raise ConfigError(f"--{arm}: {err}") from None
     candidates = load_candidates(data, cfg.embedding_version, cfg.head_min_requests)
-    exports = {"control": Path(control), "treatment": Path(treatment)}
-    scores, infos = {}, {}
-    for arm, export in exports.items():
-        version_dir, info = model_version(export)
-        exports[arm], infos[arm] = version_dir, info
+    scores = {}
+    for arm, version_dir in exports.items():
         if arm == "treatment" and version_dir.resolve() == exports["control"].resolve():
             scores[arm] = scores["control"]  # A/A: the same model
             continue
@@ -573,4 +577,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments.ab.log import LogError
+
+    exit_on(main, ConfigError, LogError)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from core.config import add_config_args, config_from_args, config_to_dict
+from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on
 from core.files import staged_folder
 from core.metrics import auc
 from experiments.world import (
@@ -505,4 +505,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on(main, ConfigError, FileExistsError)

@@ -106,6 +106,21 @@ class WorldConfig:
             "image_size": self.image_size >= 16,
             "n_queries": self.n_queries >= 100,
             "slots_per_request": 1 <= self.slots_per_request <= 50,
+            "latent_dim": self.latent_dim >= 1,
+            "n_stores": self.n_stores >= 1,
+            "brands_per_aisle": self.brands_per_aisle >= 1,
+            "attribute_rate": 0 <= self.attribute_rate <= 1,
+            "image_noise": self.image_noise >= 0,
+            "zipf_exponent": self.zipf_exponent >= 0,
+            "relevance_queries": 1 <= self.relevance_queries <= self.n_queries,
+            "relevance_per_label": self.relevance_per_label >= 1,
+            "n_users": self.n_users >= 1,
+            "user_activity_exponent": self.user_activity_exponent >= 0,
+            "purchases_per_user": self.purchases_per_user >= 0,
+            "history_days": self.history_days >= 1,
+            "taste_sharpness": self.taste_sharpness >= 0,
+            "requests_per_day": self.requests_per_day >= 1,
+            "position_decay": self.position_decay >= 0,
         }
         for key, ok in checks.items():
             if not ok:

@@ -194,3 +194,23 @@ def test_each_analysed_experiment_is_an_mlflow_run_in_ab_tests(candidates, posit
                 "true_rel_lift_ctr"):
         assert key in run.data.metrics, key
     assert {a.path for a in client.list_artifacts(run_id)} >= {"plots", "truth.json"}
+
+
+def test_command_line_names_a_bad_model_or_world_folder_in_one_line(tiny_world, tmp_path):
+    """Bad folders are named before the candidates load: one line, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    cases = [(["--data", str(tmp_path)], "--data", "no world.json"),
+             (["--data", str(tiny_world), "--control", str(not_a_model)], "--control", "is not a SavedModel")]
+    for args, flag, problem in cases:
+        argv = ["--control", str(not_a_model), "--treatment", str(not_a_model), *args]
+        done = subprocess.run([sys.executable, "-m", "experiments.ab_simulate", *argv], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        assert done.returncode == 2, done.stderr
+        line = done.stderr.strip()
+        assert "\n" not in line and line.startswith(f"error: {flag}") and problem in line, line

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,7 @@ from core.config import ConfigError, load_config
 from experiments import simulate
 from experiments.world import DAY_US, WorldConfig
 from feature_store.schema import TABLES, read_table
-from tests.conftest import WORLD_CONFIGS
+from tests.conftest import ROOT, WORLD_CONFIGS
 
 TINY = WORLD_CONFIGS / "tiny.yaml"
 
@@ -109,6 +111,24 @@ def test_unknown_or_mistyped_config_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="label_noise"):
         simulate.main(["--config", str(TINY), "--out", str(tmp_path / "x"), "label_noise=0.9"])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("extra, named", [(["n_users=-1"], "invalid value for 'n_users'"),
+                                          (["--config", "missing.yaml"], "missing.yaml: config file not found")])
+def test_command_line_bad_config_is_one_line_and_exit_2(tmp_path, extra, named):
+    args = ["--config", str(TINY), "--out", str(tmp_path / "x"), *extra]
+    done = subprocess.run([sys.executable, "-m", "experiments.simulate", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and named in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()
+
+
+def test_command_line_existing_folder_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "x").mkdir()
+    done = subprocess.run([sys.executable, "-m", "experiments.simulate", "--config", str(TINY), "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "pass --overwrite" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("boost", [2.0, 0.0, -0.7])

@@ -71,6 +71,14 @@ def test_config_checks_name_the_key():
         WorldConfig(slot_mix=(0.5, 0.5, 0.5)).validate()
 
 
+@pytest.mark.parametrize("key, value", [("n_users", 0), ("n_stores", 0), ("requests_per_day", -1), ("latent_dim", 0),
+                                        ("relevance_queries", 60_000), ("history_days", 0), ("attribute_rate", 1.5)])
+def test_sizes_out_of_range_are_named_before_any_work(key, value):
+    # Each of these used to reach numpy ("negative dimensions are not allowed") or an empty world.
+    with pytest.raises(ConfigError, match=f"invalid value for '{key}'"):
+        WorldConfig(**{key: value}).validate()
+
+
 def test_splits_follow_each_other_day_by_day():
     cfg = WorldConfig(start_date="2026-01-05", train_days=2, valid_days=1, test_days=3)
     day = 86_400 * 1_000_000
