@@ -50,6 +50,7 @@ test: $(STAMP)
 PEERS ?= deepctr fuxictr
 bench: $(STAMP)
 	$(if $(strip $(PEERS)),benchmarks/peers/setup_venvs.sh $(PEERS))
+	$(if $(strip $(PEERS)),$(PY) -m pytest -q -m peers tests/benchmarks/test_ctr_bench.py)
 	$(PY) -m benchmarks.ctr_bench --folds 5 --peers $(PEERS)
 
 # DashCLIP stage 2 vs all-MiniLM-L6-v2 as shipped and vs sentence-transformers' own fine-tune of it (the st peer, in

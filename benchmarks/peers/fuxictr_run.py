@@ -1,7 +1,14 @@
-"""FuxiCTR 2.3.10: DCN, DNN and LR on a prepared fold; prints one JSON line. (Skeleton: FuxiCTR's feature
-processing is bypassed by feeding its models our already-encoded columns through its FeatureMap.)
+"""FuxiCTR 2.3.10: its DCN, DNN and LR (fuxictr_zoo/, FuxiCTR's own model_zoo classes) on a prepared fold; prints
+one JSON line.
 
     .bench-venvs/fuxictr/bin/python benchmarks/peers/fuxictr_run.py <training-set folder> <seed>
+
+Every library gets the same inputs (common.read_fold: our integer-encoded id columns and standardised dense
+columns), so FuxiCTR's FeatureProcessor is not run; its FeatureMap is filled from those columns the way the
+processor would fill it (categorical with vocab_size and padding index 0, numeric), and batches are the dicts of
+tensors its BaseModel.fit / predict read (BaseModel.get_inputs, get_labels). Training is FuxiCTR's own: its fit loop
+(Adam, gradient clipping at 10, validation AUC each epoch, early stopping with patience 1 and reload of the best
+weights), its embedding and dense initialisers.
 """
 
 from __future__ import annotations
@@ -9,53 +16,82 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from common import metrics, read_fold  # noqa: E402
 
+EPOCHS, BATCH, EMBEDDING_DIM = 4, 128, 16  # the protocol every library runs (benchmarks/ctr_bench.py)
 
-def _feature_map(sparse, dense, vocab):
+
+def feature_map(sparse: list[str], dense: list[str], vocab: dict[str, int]):
     from fuxictr.features import FeatureMap
 
     fmap = FeatureMap("bench", "")
     fmap.labels = ["click"]
-    for c in sparse:
+    fmap.default_emb_dim = EMBEDDING_DIM  # FeatureMap.load sets it from the model's embedding_dim
+    for c in sparse:  # our ids start at 1 (0 = unknown), so index 0 can be FuxiCTR's padding row
         fmap.features[c] = {"type": "categorical", "source": "", "vocab_size": vocab[c] + 1, "padding_idx": 0}
     for c in dense:
         fmap.features[c] = {"type": "numeric", "source": ""}
+    fmap.num_fields = fmap.get_num_fields()
     fmap.set_column_index()
-    fmap.num_fields = len(sparse) + len(dense)
     return fmap
 
 
+class Batches:
+    """What FuxiCTR's loaders yield: per batch a dict {column: tensor}, ids as int64, numerics and the label as
+    float32; len() is the number of batches (fit reads it for its epoch length)."""
+
+    def __init__(self, frame, sparse: list[str], dense: list[str], batch_size: int, shuffle: bool, seed: int):
+        import numpy as np
+        import torch
+
+        self.columns = {c: torch.as_tensor(frame[c].to_numpy(np.int64)) for c in sparse}
+        self.columns.update({c: torch.as_tensor(frame[c].to_numpy(np.float32)) for c in [*dense, "click"]})
+        self.n, self.batch_size, self.shuffle = len(frame), batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield {c: t[rows] for c, t in self.columns.items()}
+
+
 def main(folder: str, seed: int) -> None:
-    import numpy as np
-    import torch
-    from fuxictr.pytorch.models import BaseModel  # noqa: F401
     from fuxictr.pytorch.torch_utils import seed_everything
-    from model_zoo import DCN, DNN, LR  # noqa: F401  (FuxiCTR's model_zoo, installed beside it)
+    from fuxictr_zoo import DCN, DNN, LR
 
     train, valid, test, sparse, dense, vocab = read_fold(folder)
-    fmap = _feature_map(sparse, dense, vocab)
+    fmap = feature_map(sparse, dense, vocab)
+    common = dict(gpu=-1, learning_rate=1e-3, optimizer="adam", loss="binary_crossentropy",
+                  metrics=["logloss", "AUC"], task="binary_classification", monitor="AUC", monitor_mode="max",
+                  early_stop_patience=1, verbose=0, seed=seed)
+    models = {"dcn": (DCN, dict(embedding_dim=EMBEDDING_DIM, dnn_hidden_units=[256, 128], num_cross_layers=3,
+                                net_dropout=0, batch_norm=False)),
+              "dnn": (DNN, dict(embedding_dim=EMBEDDING_DIM, hidden_units=[256, 128], net_dropout=0,
+                                batch_norm=False)),
+              "lr": (LR, {})}
     out = {}
-    for name in ("dcn", "dnn", "lr"):
-        seed_everything(seed)
-        params = dict(model_id=f"{name}_{seed}", gpu=-1, learning_rate=1e-3, embedding_dim=16, batch_size=128,
-                      epochs=4, net_dropout=0, batch_norm=False, embedding_regularizer=0, net_regularizer=0,
-                      dnn_hidden_units=[256, 128], num_cross_layers=3, optimizer="adam", loss="binary_crossentropy",
-                      metrics=["logloss", "AUC"], task="binary_classification", monitor="AUC", monitor_mode="max",
-                      model_root="/tmp/fuxictr_bench", verbose=0, early_stop_patience=1, seed=seed)
-        model = {"dcn": DCN, "dnn": DNN, "lr": LR}[name](fmap, **params)
-        cols = sparse + dense + ["click"]
-        to = lambda df: torch.utils.data.DataLoader(  # noqa: E731
-            torch.utils.data.TensorDataset(torch.tensor(df[cols].to_numpy(np.float32))), batch_size=128)
-        started = time.perf_counter()
-        model.fit(to(train), validation_data=to(valid), epochs=4)
-        p = model.predict(to(test))
-        out[name] = metrics(test["click"].values, p)
-        out[name]["fit_seconds"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as root:  # fit saves the best weights there and reloads them at the end
+        for name, (cls, params) in models.items():
+            seed_everything(seed)
+            model = cls(fmap, model_id=f"{name}_{seed}", model_root=root, **common, **params)
+            os.makedirs(model.model_dir, exist_ok=True)  # FuxiCTR's run_expid.py makes it before fit
+            started = time.perf_counter()
+            model.fit(Batches(train, sparse, dense, BATCH, True, seed), epochs=EPOCHS,
+                      validation_data=Batches(valid, sparse, dense, 4096, False, seed))
+            p = model.predict(Batches(test, sparse, dense, 4096, False, seed))
+            out[name] = metrics(test["click"].values, p)
+            out[name]["fit_seconds"] = time.perf_counter() - started
     print(json.dumps(out))
 
 

@@ -18,8 +18,8 @@ for lib in "${libs[@]}"; do
   "$pip" install -q --upgrade pip
   case "$lib" in
     deepctr) "$pip" install -q "deepctr==0.9.4" "tensorflow-cpu==2.16.*" "tf-keras==2.16.*" "numpy<2" "pandas<2.3" "pyarrow<18" scikit-learn ;;
-    fuxictr) "$pip" install -q --extra-index-url https://download.pytorch.org/whl/cpu "fuxictr==2.3.10" "polars<2" \
-               torch pandas pyarrow scikit-learn ;;
+    fuxictr) "$pip" install -q "torch==2.13.0"  # PyPI's 2.13.0 wheel is the CPU build; unpinned pulls CUDA
+             "$pip" install -q "fuxictr==2.3.10" "polars<2" "torch==2.13.0" pandas pyarrow scikit-learn ;;
     st) # the CPU wheel index first; PyPI's torch 2.13.0 wheel is the fallback where that index is unreachable
         "$pip" install -q --retries 1 --timeout 20 --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
           || "$pip" install -q "torch==2.13.0"
