@@ -99,7 +99,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class Stage1Config:
     epochs: int = 4
-    batch_size: int = 64
+    batch_size: int = 64  # under torchrun the global batch, split across the ranks (embeddings/distributed.py)
     lr: float = 5e-4
     warmup_steps: int = 20
     itm: bool = True  # image-text matching with hard negatives, on top of ITC
@@ -120,7 +120,7 @@ class Stage1Config:
 @dataclass(frozen=True)
 class Stage2Config:
     epochs: int = 4
-    batch_size: int = 128
+    batch_size: int = 128  # under torchrun the global batch, split across the ranks (embeddings/distributed.py)
     lr: float = 5e-4
     warmup_steps: int = 20
     init_from: Literal["stage1", "offshelf"] = "stage1"  # "offshelf": stage 2 alone, for the ablation

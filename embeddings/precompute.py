@@ -19,11 +19,18 @@ created_ts and the impressions are optional.
 event_ts (when the vector may be used, for point-in-time joins): a product's created_ts (the epoch for a catalog
 without created_ts); a query's first impression minus one day (the query existed before anyone was shown ads for
 it), or 1970-01-01 for a query with no impressions (or without an impressions table).
+
+    torchrun --nproc_per_node N -m embeddings.precompute --data data/demo --checkpoint CKPT
+
+shards the work: the batches of every part are dealt round-robin to the ranks (batch i to rank i % N), rank 0
+collects each part's embeddings and alone writes the one version folder, as one process would (the same batches,
+so the same vectors); the other ranks wait until it is in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -41,6 +48,7 @@ from core.files import staged_folder
 from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
 from embeddings.config import set_threads
 from embeddings.data import catalog_needs, load_catalog, load_queries
+from embeddings.distributed import Ranks, barrier, close, collect, init_from_env
 from embeddings.model import DashClip
 from embeddings.preprocess import tokenize
 from embeddings.pretrained import load_tokenizer
@@ -68,6 +76,22 @@ def _embedding_table(key: str, ids: np.ndarray, emb: np.ndarray, version: str, e
                      "event_ts": pa.array(event_us.astype(np.int64), pa.timestamp("us", tz="UTC"))})
 
 
+def _embed_part(start: int, stop: int, batch: int, encode, ranks: Ranks, bar: tqdm) -> np.ndarray | None:
+    """encode(slice) -> [n, D] over rows [start, stop) in batches of `batch` rows; under torchrun each rank encodes
+    every N-th batch and rank 0 gets the part's [stop - start, D] (the others None)."""
+    slices = [slice(b, min(b + batch, stop)) for b in range(start, stop, batch)]
+    mine = {}
+    for i, sl in enumerate(slices):
+        if i % ranks.world == ranks.rank:
+            mine[i] = encode(sl)
+            bar.update(sl.stop - sl.start)
+    parts = collect(mine, ranks)
+    if parts is None:
+        return None
+    bar.update(sum(len(parts[i]) for i in parts if i not in mine))  # the other ranks' rows
+    return np.concatenate([parts[i] for i in range(len(slices))])
+
+
 def query_event_us(data_dir: Path | None, query_ids: np.ndarray) -> np.ndarray:
     """[Q] int64 microseconds: first impression of each query minus one day, else the epoch."""
     out = np.full(len(query_ids), EPOCH_US, dtype=np.int64)
@@ -87,11 +111,12 @@ def query_event_us(data_dir: Path | None, query_ids: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = None, batch_size: int = 256,
                progress: bool = True, products: Path | None = None, queries: Path | None = None,
-               out: Path | None = None) -> Path:
+               out: Path | None = None, ranks: Ranks = Ranks()) -> Path:
     """Embed every product and query with a checkpoint; returns the version folder.
 
     products / queries: tables to embed instead of <data_dir>/raw/{products,queries}; without data_dir only the
-    tables given are embedded. out: the version folder (default <data_dir>/embeddings/<version>)."""
+    tables given are embedded. out: the version folder (default <data_dir>/embeddings/<version>).
+    ranks: under torchrun, this rank's share of the batches; rank 0 writes (see the module docstring)."""
     checkpoint = Path(checkpoint)
     data_dir = None if data_dir is None else Path(data_dir)
     if data_dir is None and products is None and queries is None:
@@ -110,7 +135,9 @@ def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = No
     do_products = data_dir is not None or products is not None
     do_queries = data_dir is not None or queries is not None
     n_products = n_queries = 0
-    with staged_folder(out) as tmp:  # an older run of the same version is replaced whole
+    progress = progress and ranks.is_main
+    writer = staged_folder(out) if ranks.is_main else contextlib.nullcontext()
+    with writer as tmp:  # an older run of the same version is replaced whole
         if do_products:
             with_titles, with_images = catalog_needs(model.cfg)
             catalog = load_catalog(data_dir, cfg.image_size, with_images=with_images, with_titles=with_titles,
@@ -122,37 +149,36 @@ def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = No
                 created_us = np.full(len(catalog), EPOCH_US, dtype=np.int64)
             else:
                 created_us = pc.cast(pa.array(catalog.created_ts, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy()
+            def encode_products(sl: slice) -> np.ndarray:
+                ids, mask = tokenize(tokenizer, catalog.titles[sl], cfg.max_title_len)
+                px = None if catalog.pixels is None else catalog.pixels[sl]
+                return model.encode_product(ids, mask, px).numpy()  # [b, D]
+
             batches = tqdm(total=len(catalog), desc="products", unit="product", disable=not progress)
             for part, start in enumerate(range(0, len(catalog), ROWS_PER_PART)):
                 stop = min(start + ROWS_PER_PART, len(catalog))
-                emb = []
-                for b in range(start, stop, batch_size):
-                    sl = slice(b, min(b + batch_size, stop))
-                    ids, mask = tokenize(tokenizer, catalog.titles[sl], cfg.max_title_len)
-                    px = None if catalog.pixels is None else catalog.pixels[sl]
-                    emb.append(model.encode_product(ids, mask, px).numpy())  # [b, D]
-                    batches.update(sl.stop - sl.start)
-                table = _embedding_table("product_id", catalog.product_ids[start:stop], np.concatenate(emb), version,
-                                         created_us[start:stop])
-                write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=dim)
+                emb = _embed_part(start, stop, batch_size, encode_products, ranks, batches)
+                if ranks.is_main:
+                    table = _embedding_table("product_id", catalog.product_ids[start:stop], emb, version,
+                                             created_us[start:stop])
+                    write_table("product_embeddings", table, tmp / "products", part=part, embedding_dim=dim)
             batches.close()
         if do_queries:
             table_q = load_queries(data_dir, queries)
             texts, qids = table_q.query_text.tolist(), table_q.query_id.to_numpy()
             n_queries = len(texts)
             event_us = query_event_us(data_dir, qids)
+            def encode_queries(sl: slice) -> np.ndarray:
+                ids, mask = tokenize(tokenizer, texts[sl], cfg.max_query_len)
+                return model.encode_query(ids, mask).numpy()  # [b, D]
+
             batches = tqdm(total=len(texts), desc="queries", unit="query", disable=not progress)
             for part, start in enumerate(range(0, len(texts), ROWS_PER_PART)):
                 stop = min(start + ROWS_PER_PART, len(texts))
-                emb = []
-                for b in range(start, stop, 4 * batch_size):  # queries are short: bigger batches
-                    e = min(b + 4 * batch_size, stop)
-                    ids, mask = tokenize(tokenizer, texts[b:e], cfg.max_query_len)
-                    emb.append(model.encode_query(ids, mask).numpy())
-                    batches.update(e - b)
-                table = _embedding_table("query_id", qids[start:stop], np.concatenate(emb), version,
-                                         event_us[start:stop])
-                write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=dim)
+                emb = _embed_part(start, stop, 4 * batch_size, encode_queries, ranks, batches)  # short: bigger batches
+                if ranks.is_main:
+                    table = _embedding_table("query_id", qids[start:stop], emb, version, event_us[start:stop])
+                    write_table("query_embeddings", table, tmp / "queries", part=part, embedding_dim=dim)
             batches.close()
         meta = {"embedding_version": version, "embedding_dim": dim, "checkpoint": str(checkpoint),
                 "model": read_checkpoint_meta(checkpoint)["model_config"],
@@ -162,7 +188,9 @@ def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = No
                            "queries": str(queries) if queries is not None else (
                                str(data_dir / "raw" / "queries") if do_queries else None)},
                 "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if ranks.is_main:
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    barrier(ranks)  # the version folder is in place before any rank returns it
     return out
 
 
@@ -187,9 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None and args.out is None:
         parser.error("without --data, --out says where to write the embeddings")
     set_threads(args.threads)
+    ranks = init_from_env()  # torchrun: one process per rank, rank 0 writes
     started = time.perf_counter()
-    out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress,
-                     products=args.products, queries=args.queries, out=args.out)
+    try:
+        out = precompute(args.data, args.checkpoint, args.version, args.batch_size, progress=not args.no_progress,
+                         products=args.products, queries=args.queries, out=args.out, ranks=ranks)
+    finally:
+        close(ranks)
+    if not ranks.is_main:
+        return 0
     meta = json.loads((out / "metadata.json").read_text())
     seconds = time.perf_counter() - started
     print(f"{meta['products']:,} products and {meta['queries']:,} queries embedded ({meta['embedding_dim']}-d) "

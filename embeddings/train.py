@@ -21,6 +21,12 @@ Stage 2 validates on the held-out queries (split by query, printed at the start:
 stops early. The loss is checked against chance (stage2.chance_check_steps): a collapsed encoder warns.
 One MLflow run per invocation (experiment dashclip-embeddings): the config, losses and validation metrics per epoch,
 the training curves as a PNG; a run that raises is marked FAILED, one stopped by stop_at_step KILLED.
+
+    torchrun --nproc_per_node N -m embeddings.train --stage {1,2} ...
+
+runs the same loop data-parallel (embeddings/distributed.py): the configured batch is the global batch, each rank
+encodes its share, the losses see the gathered global batch (the one-process loss and gradients), rank 0 alone
+writes checkpoints, logs to MLflow and validates.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import shutil
@@ -46,9 +53,10 @@ from core.config import add_config_args, config_from_args, config_to_dict
 from core.tracking import flatten, setup_mlflow
 from embeddings.checkpoint import (load_checkpoint, load_train_state, read_checkpoint_meta, save_checkpoint,
                                    save_train_state, train_fingerprint)
-from embeddings.config import EmbeddingConfig, Stage1Config, set_threads
-from embeddings.data import (Catalog, Holdout, PairSampler, load_catalog, load_queries, load_relevance, make_holdout,
-                             stage2_inputs, stage2_split)
+from embeddings.config import EmbeddingConfig, Stage1Config, Stage2Config, set_threads
+from embeddings.data import (Catalog, Holdout, PairSampler, Stage2Batch, load_catalog, load_queries, load_relevance,
+                             make_holdout, stage2_inputs, stage2_split)
+from embeddings.distributed import Ranks, barrier, close, data_parallel, gather, init_from_env, on_main, shard
 from embeddings.encode import product_hidden_all
 from embeddings.loss import (SoftTargets, clamp_temperature, itc_loss, itm_loss, l2sp_loss, pqc_loss,
                              sample_hard_negatives)
@@ -91,12 +99,14 @@ class Run:
     params: a list of parameters (all at `lr`) or of optimizer groups {"params": [...], "lr": base rate}; every
     group follows the same warm-up and decay from its own base rate.
     extra_state() -> {name: tensor} and restore_extra({name: tensor}) let a stage keep more than the model in the
-    resumable state (stage 1: the momentum encoders and the feature queue; stage 2: the best weights so far)."""
+    resumable state (stage 1: the momentum encoders and the feature queue; stage 2: the best weights so far).
+    Under torchrun every rank resumes from the same state folder and only rank 0 writes (the others wait)."""
 
     def __init__(self, model: DashClip, params: list, cfg: EmbeddingConfig, stage: int,
                  lr: float, warmup: int, total_steps: int, ckpt: Path, name: str, fingerprint: str,
-                 extra_state: Callable[[], dict] | None = None, restore_extra: Callable[[dict], None] | None = None):
-        self.model, self.cfg, self.stage = model, cfg, stage
+                 extra_state: Callable[[], dict] | None = None, restore_extra: Callable[[dict], None] | None = None,
+                 ranks: Ranks = Ranks()):
+        self.model, self.cfg, self.stage, self.ranks = model, cfg, stage, ranks
         groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr": lr}]
         self.opt = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in groups], lr=lr,
                                      weight_decay=cfg.weight_decay)
@@ -118,10 +128,12 @@ class Run:
         return True
 
     def save_state(self) -> None:
-        save_train_state(self.model, self.opt, self.state_dir,
-                         {"step": self.step, "history": self.history, "evals": self.evals,
-                          "train_fingerprint": self.fingerprint},
-                         extra=self.extra_state() if self.extra_state else None)
+        if self.ranks.is_main:
+            save_train_state(self.model, self.opt, self.state_dir,
+                             {"step": self.step, "history": self.history, "evals": self.evals,
+                              "train_fingerprint": self.fingerprint},
+                             extra=self.extra_state() if self.extra_state else None)
+        barrier(self.ranks)
 
     def update(self, loss: torch.Tensor) -> None:
         for group, base in zip(self.opt.param_groups, self.base_lrs):
@@ -135,9 +147,12 @@ class Run:
         self.step += 1
 
     def finish(self, **extra_json) -> Path:
-        save_checkpoint(self.model, self.model.cfg, self.final_dir,
-                        extra_json={"stage": self.stage, "history": self.history, "evals": self.evals, **extra_json})
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.ranks.is_main:
+            save_checkpoint(self.model, self.model.cfg, self.final_dir,
+                            extra_json={"stage": self.stage, "history": self.history, "evals": self.evals,
+                                        **extra_json})
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        barrier(self.ranks)
         return self.final_dir
 
 
@@ -258,13 +273,22 @@ class Momentum:
 
 
 def stage1_step(model: DashClip, s1: Stage1Config, mom: Momentum | None, bid, bmask, px, same: torch.Tensor,
-                gen: torch.Generator) -> tuple[torch.Tensor, dict, tuple | None]:
-    """One stage-1 loss on a batch: ITC (+ momentum queue / soft targets) and ITM with hard negatives."""
-    image_embeds, image_feat = model.encode_image(px)  # [B, 1+P, Hv], [B, D]
-    _, text_feat = model.encode_text(bid, bmask)  # [B, D]
+                gen: torch.Generator, ranks: Ranks = Ranks()) -> tuple[torch.Tensor, dict, tuple | None]:
+    """One stage-1 loss on a batch: ITC (+ momentum queue / soft targets) and ITM with hard negatives.
+
+    bid, bmask, px, same: the global batch. Under torchrun each rank encodes its shard and gathers the features
+    (embeddings.distributed), so ITC's negatives, the soft targets and the hard-negative draws (the same generator
+    on every rank) span the global batch; ITM encodes this rank's pairs, a negative image coming from whichever
+    rank encoded it. Returns the global loss, its terms and the global momentum features (for the queue)."""
+    part = shard(len(bid), ranks)
+    mine = part.rows
+    image_embeds, image_feat = model.encode_image(px[mine])  # [b, 1+P, Hv], [b, D]
+    _, text_feat = model.encode_text(bid[mine], bmask[mine])  # [b, D]
+    image_feat, text_feat = gather(image_feat, part, ranks), gather(text_feat, part, ranks)  # [B, D]
     extra, feats_m = {}, None
     if mom is not None:
-        feats_m = mom.features(px, bid, bmask)
+        with torch.no_grad():
+            feats_m = tuple(gather(f, part, ranks) for f in mom.features(px[mine], bid[mine], bmask[mine]))
         image_all = torch.cat([feats_m[0], mom.image_queue])  # [B+K, D]
         text_all = torch.cat([feats_m[1], mom.text_queue])  # [B+K, D]
         extra = {"image_feat_all": image_all, "text_feat_all": text_all}
@@ -274,20 +298,24 @@ def stage1_step(model: DashClip, s1: Stage1Config, mom: Momentum | None, bid, bm
                                                     feats_m[1] @ image_all.T / model.temp, s1.alpha)
     itc = itc_loss(image_feat, text_feat, model.temp, **extra)
     loss, terms = itc.loss, {"itc": itc.loss.item()}
-    multimodal = model.encode_multimodal(bid, bmask, image_embeds) if (s1.itm or s1.product_itc) else None
+    multimodal = model.encode_multimodal(bid[mine], bmask[mine], image_embeds) if (s1.itm or s1.product_itc) else None
     if s1.product_itc:
-        product_feat = F.normalize(model.product_proj(multimodal[:, 0]), dim=-1)  # [B, D] from C_i
+        product_feat = gather(F.normalize(model.product_proj(multimodal[:, 0]), dim=-1), part, ranks)  # [B, D]
         pitc = (itc_loss(product_feat, text_feat, model.temp).loss + itc_loss(product_feat, image_feat, model.temp).loss) / 2
         loss = loss + pitc
         terms["product_itc"] = pitc.item()
     if s1.itm:
         neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator=gen, same_item=same,
-                                                    uniform_share=s1.itm_random_negatives)
-        pos = model.itm_logits(multimodal)  # [B, 2]
-        # each image with a hard-negative title, then each title with a hard-negative image  -> [2B, 2]
+                                                    uniform_share=s1.itm_random_negatives)  # [B] each, global
+        neg_text, neg_image = neg_text[mine], neg_image[mine]  # this rank's rows' draws
+        all_embeds = gather(image_embeds, part, ranks)  # [B, 1+P, Hv]: a negative image may be another rank's
+        pos = gather(model.itm_logits(multimodal), part, ranks)  # [B, 2]
+        # each image with a hard-negative title, then each title with a hard-negative image  -> [2b, 2]
         neg = model.itm_logits(model.encode_multimodal(
-            torch.cat([bid[neg_text], bid]), torch.cat([bmask[neg_text], bmask]),
-            torch.cat([image_embeds, image_embeds[neg_image]])))
+            torch.cat([bid[neg_text], bid[mine]]), torch.cat([bmask[neg_text], bmask[mine]]),
+            torch.cat([image_embeds, all_embeds[neg_image]])))
+        b = len(neg_text)
+        neg = torch.cat([gather(neg[:b], part, ranks), gather(neg[b:], part, ranks)])  # [2B, 2], one process's order
         itm = itm_loss(pos, neg)
         loss = loss + itm.loss
         terms.update(itm=itm.loss.item(), itm_acc=float(itm.accuracy))
@@ -295,8 +323,10 @@ def stage1_step(model: DashClip, s1: Stage1Config, mom: Momentum | None, bid, bm
     return loss, terms, feats_m
 
 
-def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage1") -> Path:
-    """Stage 1 on the training products' image-title pairs; returns the final checkpoint folder."""
+def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage1",
+                 ranks: Ranks = Ranks()) -> Path:
+    """Stage 1 on the training products' image-title pairs; returns the final checkpoint folder. Under torchrun
+    (ranks: embeddings.distributed) stage1.batch_size is the global batch, split across the ranks."""
     if cfg.model.modalities == "text":
         raise ValueError("stage 1 aligns images and titles; a catalog without images (model.modalities=text) starts "
                          "at stage 2: run --stage 2 with stage2.init_from=offshelf")
@@ -321,9 +351,10 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     run = Run(model, params, cfg, 1, s1.lr, s1.warmup_steps, planned_steps(cfg, steps_per_epoch, s1.epochs),
               checkpoint_dir(cfg, data_dir),
               out_name, train_fingerprint(cfg, 1, len(train_idx)),
-              extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None)
+              extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None, ranks=ranks)
     run.resume()
     model.train()
+    loss_fn = data_parallel(model, functools.partial(stage1_step, model, s1, mom, ranks=ranks), ranks)
 
     def step(epoch: int, k: int) -> dict:
         order = np.random.default_rng([cfg.seed, 1, epoch]).permutation(train_idx)  # the same after a resume
@@ -331,7 +362,7 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         width = int(mask[b].sum(1).max())
         same = torch.from_numpy(title_code[b][:, None] == title_code[b][None, :])  # [B, B]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.step)
-        loss, terms, feats_m = stage1_step(model, s1, mom, ids[b, :width], mask[b, :width], catalog.pixels[b], same, gen)
+        loss, terms, feats_m = loss_fn(ids[b, :width], mask[b, :width], catalog.pixels[b], same, gen)
         run.update(loss)
         if mom is not None:
             mom.update()
@@ -342,12 +373,12 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     def on_epoch(run: Run, epoch: int) -> None:
         row = {"epoch": epoch}
         if cfg.eval_every and (epoch % cfg.eval_every == 0 or run.step == run.total):
-            row.update(validate_products(model, catalog, ids, mask, holdout, cfg.seed))
+            row.update(on_main(lambda: validate_products(model, catalog, ids, mask, holdout, cfg.seed), ranks))
         run.evals.append(row)
         if log:
             log(run, epoch, steps_per_epoch)
 
-    _loop(run, steps_per_epoch, step, "stage 1", progress, on_epoch)
+    _loop(run, steps_per_epoch, step, "stage 1", progress and ranks.is_main, on_epoch)
     return run.finish(product_proj_trained=s1.product_itc)
 
 
@@ -436,12 +467,71 @@ class BestWeights:
         self.tensors = {k.removeprefix("best."): v.clone() for k, v in tensors.items() if k.startswith("best.")}
 
 
-def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage2") -> Path:
-    """Stage 2 on the training queries' relevance pairs; returns the final checkpoint folder."""
+def stage2_loss(model: DashClip, s2: Stage2Config, batch: Stage2Batch,
+                product_emb: Callable[[np.ndarray], torch.Tensor], q_ids: torch.Tensor, q_mask: torch.Tensor,
+                q_row: dict, penalty: Callable[[], torch.Tensor] | None = None,
+                ranks: Ranks = Ranks()) -> tuple[torch.Tensor, dict]:
+    """PQC on one global batch (and the query -> product direction with s2.symmetric) -> (loss, its terms).
+
+    product_emb(product ids) -> [n, D] embeddings; q_ids, q_mask: every query's tokens, row q_row[query id];
+    penalty() -> a term added to the loss (L2-SP, stage2.l2sp).
+    Under torchrun each rank encodes its shard's products, queries and hard-negative products and gathers them
+    (embeddings.distributed): the loss, its in-batch negatives, padding masks and duplicate-query masks are then
+    those of one process on the global batch."""
+    pids, pos_q, neg_q, neg_mask, neg_p, neg_p_mask = batch
+    B, N = neg_q.shape
+    part = shard(B, ranks)
+    mine = part.rows
+    product = gather(product_emb(pids[mine]), part, ranks)  # [B, D]
+    all_q = np.concatenate([pos_q, neg_q.ravel()])
+    rows = torch.tensor([q_row[int(q)] if m else 0 for q, m in  # row 0 stands in for padding (masked out)
+                         zip(all_q, np.concatenate([np.ones(len(pos_q), bool), neg_mask.ravel()]))])
+    width = int(q_mask[rows].sum(1).max())  # the global batch's, so a shard pads as one process does
+    rows = torch.cat([rows[:B][mine], rows[B:].reshape(B, N)[mine].reshape(-1)])  # this rank's [b + b*N]
+    qemb = model.encode_query(q_ids[rows, :width], q_mask[rows, :width])  # [b + b*N, D]
+    b = len(qemb) // (1 + N)
+    pos_emb = gather(qemb[:b], part, ranks)  # [B, D]
+    neg_emb = gather(qemb[b:].reshape(b, N, -1), part, ranks) if N else None  # [B, N, D]
+    out = pqc_loss(product, pos_emb, neg_emb, model.pqc_temp,
+                   in_batch_negatives=s2.in_batch_negatives, neg_mask=torch.from_numpy(neg_mask) if N else None,
+                   pos_query_ids=torch.from_numpy(pos_q), neg_query_ids=torch.from_numpy(neg_q) if N else None)
+    loss, terms, chance = out.loss, {"pqc": out.loss.item()}, out.chance
+    if s2.symmetric:  # query -> product: each positive query against the batch's products (+ its own negatives)
+        M = neg_p.shape[1]
+        hard = None
+        if M:  # only the real negative products are encoded; padding rows stay zero and are masked out
+            where = torch.from_numpy(np.flatnonzero(neg_p_mask[mine].ravel()))
+            emb = (product_emb(neg_p[mine].ravel()[where.numpy()]) if len(where)
+                   else product.new_zeros(0, product.shape[1]))
+            hard = gather(product.new_zeros(b * M, product.shape[1]).index_copy(0, where, emb).reshape(b, M, -1),
+                          part, ranks)  # [B, M, D]
+        # ids = the queries: a batch product that is another positive of the same query is not its negative.
+        # (The positive queries are sliced and gathered anew rather than reusing pos_emb: on one process this keeps
+        # the order in which backward sums their gradients, and so the weights, bit for bit what they were.)
+        back = pqc_loss(gather(qemb[:b], part, ranks), product, hard, model.pqc_temp, in_batch_negatives=True,
+                        neg_mask=torch.from_numpy(neg_p_mask) if M else None,
+                        pos_query_ids=torch.from_numpy(pos_q))
+        loss, chance = (out.loss + back.loss) / 2, (out.chance + back.chance) / 2
+        terms["qpc"] = back.loss.item()
+    terms["contrastive"] = loss.item()  # what the chance check compares with the chance level
+    if penalty is not None:
+        term = penalty()
+        loss = loss + term
+        terms["l2sp"] = term.item()
+    return loss, {**terms, "pqc_acc": float(out.accuracy), "chance": float(chance)}
+
+
+def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage2",
+                 ranks: Ranks = Ranks()) -> Path:
+    """Stage 2 on the training queries' relevance pairs; returns the final checkpoint folder. Under torchrun
+    (ranks: embeddings.distributed) stage2.batch_size is the global batch, split across the ranks; validation runs
+    on rank 0 and its row (so keep_best and early stopping) reaches every rank."""
     s2 = cfg.stage2
+    progress = progress and ranks.is_main
     catalog, queries, relevance, holdout = stage2_inputs(cfg, data_dir)
     split = stage2_split(relevance, catalog, holdout, cfg.heldout_query_share, s2.exclude_heldout_products)
-    print(split.summary, flush=True)
+    if ranks.is_main:
+        print(split.summary, flush=True)
     sampler = PairSampler(split.train, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives,
                           cfg.seed, negative_products=s2.negative_products)
     if len(sampler) == 0:
@@ -486,52 +576,26 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     best = BestWeights(model, params, s2.select_metric, s2.patience) if s2.keep_best else None
     run = Run(model, groups, cfg, 2, s2.lr, s2.warmup_steps, planned_steps(cfg, steps_per_epoch, s2.epochs),
               checkpoint_dir(cfg, data_dir), out_name, train_fingerprint(cfg, 2, len(sampler)),
-              extra_state=best.state if best else None, restore_extra=best.load if best else None)
+              extra_state=best.state if best else None, restore_extra=best.load if best else None, ranks=ranks)
     resumed = run.resume()
     model.train()
     batches = {"epoch": -1, "it": None}
+
+    penalty = (lambda: l2sp_loss(encoder_params, anchors, s2.l2sp)) if s2.l2sp else None
+    ddp_loss = data_parallel(model, functools.partial(stage2_loss, model, s2, product_emb=product_emb, q_ids=q_ids,
+                                                      q_mask=q_mask, q_row=q_row, penalty=penalty, ranks=ranks), ranks)
 
     def step(epoch: int, k: int) -> dict:
         if batches["epoch"] != epoch:  # each epoch's batches derive from (seed, epoch): a resume skips k of them
             sampler.rng = np.random.default_rng([cfg.seed, 2, epoch])
             batches.update(epoch=epoch, it=itertools.islice(sampler.epoch(s2.batch_size), k, None))
-        pids, pos_q, neg_q, neg_mask, neg_p, neg_p_mask = next(batches["it"])
-        product = product_emb(pids)  # [B, D]
-        all_q = np.concatenate([pos_q, neg_q.ravel()])
-        rows = torch.tensor([q_row[int(q)] if m else 0 for q, m in  # row 0 stands in for padding (masked out)
-                             zip(all_q, np.concatenate([np.ones(len(pos_q), bool), neg_mask.ravel()]))])
-        width = int(q_mask[rows].sum(1).max())
-        qemb = model.encode_query(q_ids[rows, :width], q_mask[rows, :width])  # [B + B*N, D]
-        B, N = neg_q.shape
-        out = pqc_loss(product, qemb[:B], qemb[B:].reshape(B, N, -1) if N else None, model.pqc_temp,
-                       in_batch_negatives=s2.in_batch_negatives, neg_mask=torch.from_numpy(neg_mask) if N else None,
-                       pos_query_ids=torch.from_numpy(pos_q), neg_query_ids=torch.from_numpy(neg_q) if N else None)
-        loss, terms, chance = out.loss, {"pqc": out.loss.item()}, out.chance
-        if s2.symmetric:  # query -> product: each positive query against the batch's products (+ its own negatives)
-            M = neg_p.shape[1]
-            hard = None
-            if M:  # only the real negative products are encoded; padding rows stay zero and are masked out
-                where = torch.from_numpy(np.flatnonzero(neg_p_mask.ravel()))
-                emb = product_emb(neg_p.ravel()[where.numpy()]) if len(where) else product.new_zeros(0, product.shape[1])
-                hard = product.new_zeros(B * M, product.shape[1]).index_copy(0, where, emb).reshape(B, M, -1)
-            # ids = the queries: a batch product that is another positive of the same query is not its negative
-            back = pqc_loss(qemb[:B], product, hard, model.pqc_temp, in_batch_negatives=True,
-                            neg_mask=torch.from_numpy(neg_p_mask) if M else None,
-                            pos_query_ids=torch.from_numpy(pos_q))
-            loss, chance = (out.loss + back.loss) / 2, (out.chance + back.chance) / 2
-            terms["qpc"] = back.loss.item()
-        terms["contrastive"] = loss.item()  # what the chance check compares with the chance level
-        if s2.l2sp:
-            penalty = l2sp_loss(encoder_params, anchors, s2.l2sp)
-            loss = loss + penalty
-            terms["l2sp"] = penalty.item()
+        loss, terms = ddp_loss(next(batches["it"]))  # the global batch: every rank draws the same one
         run.update(loss)
-        return {"loss": loss.item(), **terms, "pqc_acc": float(out.accuracy), "chance": float(chance),
-                "temp": model.pqc_temp.item()}
+        return {"loss": loss.item(), **terms, "temp": model.pqc_temp.item()}
 
     def validate(run: Run) -> dict:
         row = {"epoch": run.step / steps_per_epoch, "step": run.step}
-        row.update(validate_queries(model, product_emb, q_ids, q_mask, q_row, split.valid))
+        row.update(on_main(lambda: validate_queries(model, product_emb, q_ids, q_mask, q_row, split.valid), ranks))
         run.evals.append(row)
         return row
 
@@ -558,7 +622,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     if best is not None and best.tensors:
         best.restore()
         extra.update(best_step=best.step, best_metric={s2.select_metric: best.value})
-        print(f"stage 2: keeping the weights of step {best.step} ({s2.select_metric} {best.value:.4f})", flush=True)
+        if ranks.is_main:
+            print(f"stage 2: keeping the weights of step {best.step} ({s2.select_metric} {best.value:.4f})", flush=True)
     return run.finish(**extra)
 
 
@@ -606,18 +671,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(EmbeddingConfig, args)
     set_threads(cfg.threads)
+    ranks = init_from_env()  # torchrun: one process per rank; otherwise one process, no process group
+    try:
+        if ranks.is_main:
+            return _train_logged(args, cfg, ranks)
+        train = train_stage1 if args.stage == 1 else train_stage2
+        train(cfg, args.data, progress=False, out_name=args.out_name or f"stage{args.stage}", ranks=ranks)
+        return 0
+    finally:
+        close(ranks)
+
+
+def _train_logged(args: argparse.Namespace, cfg: EmbeddingConfig, ranks: Ranks) -> int:
+    """The training run with its MLflow run (rank 0's job under torchrun)."""
     import mlflow  # here, not at the top: the training functions run without MLflow (benchmarks, tests)
 
     setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()
     name = args.out_name or f"stage{args.stage}"
     with mlflow.start_run(run_name=f"{cfg.name}/{name}") as active:
-        mlflow.set_tags({"stage": args.stage, "data": str(args.data), "checkpoint_name": name})
+        mlflow.set_tags({"stage": args.stage, "data": str(args.data), "checkpoint_name": name,
+                         "world_size": ranks.world})
         mlflow.log_params({k: str(v)[:250] for k, v in flatten(config_to_dict(cfg)).items()})
         train = train_stage1 if args.stage == 1 else train_stage2
         try:
             final = train(cfg, args.data, progress=not args.no_progress, log=_epoch_logger(mlflow.log_metrics),
-                          out_name=name)
+                          out_name=name, ranks=ranks)
         except StopTraining:
             mlflow.end_run(status="KILLED")
             raise
