@@ -2,37 +2,45 @@
 
     python -m ranking.serving.batch_score --model exports/dashclip_two_tower/3 \
         --input data/demo/training_sets/v1/test --output scores.parquet [--keys impression_id] [--batch-size 4096] \
-        [--no-progress] [Beam options, e.g. --runner=FlinkRunner]
+        [--no-progress] [Beam options, e.g. --direct_running_mode=multi_processing --direct_num_workers=2]
 
-The pipeline (every option this parser does not know goes to Beam; without a --runner it runs on Beam's in-process
+The pipeline (every option this parser does not know goes to Beam; without a --runner it runs on Beam's
 FnApiRunner, because Beam's DirectRunner would first try to download the Prism runner binary from GitHub):
 
-    parquet files -> Arrow record batches (ReadAllFromParquetBatched, no per-row Python)
-      -> slices of --batch-size rows -> serialized tf.Examples (ranking.serving.tf_example, the model's
-         inputs from assets.extra/model_info.json), keyed by the slice's key columns (an Arrow table)
-      -> tfx_bsl RunInferenceOnKeyedBatches on the `serve_tf_example` signature (one inference call per slice)
+    parquet files -> (file, row group) pieces, read from each footer on a worker and spread over the workers
+      -> each row group in slices of --batch-size rows -> serialized tf.Examples (ranking.serving.tf_example, the
+         model's inputs from assets.extra/model_info.json), packed into one string TensorProto per slice and keyed
+         by the slice's key columns (an Arrow table)
+      -> tfx_bsl RunInference on the `serve_tf_example` signature (one graph run per slice)
       -> key columns + `probability` (float32) -> one parquet file
 
-A progress bar counts the rows scored when the pipeline runs in this process (the default FnApiRunner); on a
-remote runner the workers have no bar to update.
+The same command runs on several processes or machines through Beam's options alone: the FnApiRunner's
+`--direct_running_mode=multi_processing --direct_num_workers=N` starts N SDK worker processes on this machine
+(each loads the model once); --runner=PortableRunner / FlinkRunner / SparkRunner run it on a job service or a
+cluster (docs/scaling.md gives the flags) whose workers see the model folder, the input and the output's folder
+at the same paths as this process (a shared mount): this process checks the input and renames the output through
+local paths, so gs:// / s3:// / hdfs:// URIs (and with them Dataflow) are not supported yet. A progress bar
+counts the rows scored when the steps run in this process (the FnApiRunner in its default in_memory or
+multi_threading mode); worker processes have no bar to update.
 
-RunInferenceOnKeyedBatches is tfx-bsl's keyed form of RunInference for inputs that are already batched:
-`(key, [example, ...]) -> (key, [PredictionLog, ...])`, logs in the order of the examples, so one key per slice
-carries every row's keys without a per-row key or a join. `--batch-size` is the inference batch; the spec's
-batch_parameters keep each slice a batch of its own.
+Why one RunInference element per slice: tfx-bsl writes one PredictionLog per element, with a copy of the input and
+a TensorProto per signature output built in Python (tf.make_tensor_proto). One element per row made that ~10x the
+cost of the model itself; one per slice makes it negligible. RunInference loads the model through
+`SliceSession` (its public load_override_fn): the SavedModel's graph in a tf.compat.v1.Session, as tfx-bsl
+loads it, fed each packed slice as the signature's batch of serialized tf.Examples, so the scores are the
+`serve_tf_example` signature's own (equal to float32 exactness to one example per element).
 
 The output is written into a hidden temporary folder next to `--output` and renamed onto it when the pipeline has
-succeeded, so a failed run leaves no output (and no temporary folder; an older file at `--output` stays as it
-was). Rows come out in no particular order: join on the keys. `--output` must be a local (or mounted) path: the
-final rename is os.replace. Everything that can be checked before the pipeline starts is (the model folder and its
-model_info.json, the signature, every input column, its type and embedding width, the key columns, an empty
-input); a `BatchScoreError` names the file, the column and what was expected, and `main` returns 2. A problem
-only the data shows (a wrong width or a null in a later row group) fails the pipeline with that error instead.
+succeeded and wrote one score per input row, so a failed run leaves no output (and no temporary folder; an older
+file at `--output` stays as it was). Rows come out in no particular order: join on the keys. `--output` must be a
+local (or mounted) path: the final rename is os.replace. Everything that can be checked before the pipeline starts
+is (the model folder and its model_info.json, the signature, every input column, its type and embedding width, the
+key columns, an empty input); a `BatchScoreError` names the file, the column and what was expected, and `main`
+returns 2. A problem only the data shows (a wrong width or a null in a later row group) fails the pipeline with
+that error instead.
 
-Speed (benchmarks/serving_bench.py, 2 shared cores): about 7.8k rows/s against 64k rows/s for the same parquet
-scored with direct serving_default calls. Most of the difference is tfx-bsl's per-row output: one PredictionLog
-per example, holding a copy of the serialized example and one TensorProto per signature output (built with
-tf.make_tensor_proto), then the in-graph tf.Example parsing of the three embeddings.
+Speed: benchmarks/serving_bench.py measures this pipeline, in-process and on 2 worker processes, against direct
+serving_default calls on the same parquet (beam_over_direct, beam_mp_over_direct).
 """
 
 from __future__ import annotations
@@ -53,9 +61,12 @@ from tqdm import tqdm
 from ranking.tf_legacy_keras import tf
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
-from tfx_bsl.public.beam.run_inference import RunInferenceOnKeyedBatches
+from tfx_bsl.public.beam.run_inference import RunInference
 from tfx_bsl.public.proto import model_spec_pb2
 
 from feature_store.schema import checked_embedding_matrix
@@ -190,40 +201,76 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
 # ------------------------------------------------------------------------------------------------ pipeline steps
 
 
-def encode_batches(table: pa.Table, inputs: dict[str, dict], keys: tuple[str, ...], batch_size: int):
-    """One Arrow table from the reader -> (key columns of a slice, [serialized tf.Example]) per batch_size rows."""
+def row_groups(path: str) -> list[tuple[str, int]]:
+    """(file, row group) for every row group of a parquet file: the unit of work the runner spreads over its
+    workers. Read from the file's footer on a worker, so the job graph holds only the file names."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return [(path, i) for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
+
+
+def pack_examples(examples: list[bytes]) -> bytes:
+    """A slice's serialized tf.Examples as one serialized string TensorProto [n]: exactly the `examples` input a
+    TF Serving PredictRequest carries for the `serve_tf_example` signature, and one RunInference element."""
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(examples))])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape,
+                                  string_val=examples).SerializeToString()
+
+
+def unpack_examples(packed: bytes) -> list[bytes]:
+    return list(tensor_pb2.TensorProto.FromString(packed).string_val)
+
+
+def read_slices(piece: tuple[str, int], plan: ScoringPlan, batch_size: int):
+    """One row group -> (key columns of a slice, its packed tf.Examples) per batch_size rows. A null or a wrong
+    embedding width fails here with a BatchScoreError naming the column."""
+    path, index = piece
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        table = pq.ParquetFile(f).read_row_group(index, columns=plan.columns)
     for start in range(0, table.num_rows, batch_size):
-        piece = table.slice(start, batch_size)
-        examples = encode_examples(table_to_columns(piece, inputs, BatchScoreError), inputs)
-        yield piece.select(list(keys)), examples
+        part = table.slice(start, batch_size)
+        columns = table_to_columns(part, plan.inputs, BatchScoreError)
+        yield part.select(list(plan.keys)), pack_examples(encode_examples(columns, plan.inputs))
 
 
-def probabilities(logs) -> np.ndarray:
-    """`probability` of each PredictionLog, float32 [n]. tfx-bsl writes each row's scalar as a one-element
-    TensorProto, in `float_val` (small tensors) or as 4 raw bytes in `tensor_content`: read either directly,
-    which is several times faster than tf.make_ndarray per row."""
-    tensors = [log.predict_log.response.outputs["probability"] for log in logs]
-    if all(len(t.float_val) == 1 for t in tensors):
-        return np.array([t.float_val[0] for t in tensors], np.float32)  # float32 -> Python float -> float32: exact
-    if all(len(t.tensor_content) == 4 for t in tensors):
-        return np.frombuffer(b"".join(t.tensor_content for t in tensors), np.float32)
-    return np.array([tf.make_ndarray(t).reshape(-1)[0] for t in tensors], np.float32)
+class SliceSession:
+    """The exported SavedModel as tfx-bsl loads it (its `serve` graph in a tf.compat.v1.Session), fed packed
+    slices. tfx-bsl writes one PredictionLog per inference element, with a TensorProto per output built in
+    Python: one per row costs ~10x the model itself (benchmarks/serving_bench.py), one per slice is negligible.
+    The graph run is the signature's own: tf.io.parse_example of the slice's examples, the model, its
+    `probability` and `logit` for every row."""
+
+    def __init__(self, model_path: str, tags: list[str]):
+        """tfx-bsl's load_override_fn signature: called once per worker process (RunInference shares the model
+        between the threads of a process)."""
+        self._session = tf.compat.v1.Session(graph=tf.compat.v1.Graph())
+        tf.compat.v1.saved_model.loader.load(self._session, tags, model_path)
+
+    def run(self, fetches: dict[str, str], feed_dict: dict[str, list[bytes]]) -> dict[str, np.ndarray]:
+        """tf.compat.v1.Session.run for tfx-bsl, which feeds the elements Beam batched together (k packed
+        slices): each slice is one graph run (one --batch-size batch), and each output comes back as an object
+        array [k] of the slices' value arrays, so element i's PredictionLog holds all of slice i's values."""
+        (name, packed), = feed_dict.items()
+        out = {alias: np.empty(len(packed), dtype=object) for alias in fetches}
+        for i, piece in enumerate(packed):
+            for alias, value in self._session.run(fetches, feed_dict={name: unpack_examples(piece)}).items():
+                out[alias][i] = value
+        return out
 
 
-def scored_table(keys: pa.Table, logs) -> pa.Table:
-    """Key columns + probability for one inference batch."""
-    values = probabilities(logs)
+def scored_table(keys: pa.Table, log) -> pa.Table:
+    """Key columns + probability for one slice, from its PredictionLog."""
+    values = tf.make_ndarray(log.predict_log.response.outputs["probability"]).reshape(-1)
     if len(values) != keys.num_rows:
         raise RuntimeError(f"RunInference returned {len(values)} predictions for {keys.num_rows} examples")
-    return keys.append_column("probability", pa.array(values, pa.float32()))
+    return keys.append_column("probability", pa.array(values.astype(np.float32, copy=False), pa.float32()))
 
 
 def inference_spec(model_dir: Path):
-    """InferenceSpecType: the SavedModel's `serve_tf_example` signature, one keyed batch per inference call."""
+    """InferenceSpecType: the SavedModel's `serve_tf_example` signature. (No batch_parameters: tfx-bsl's
+    wrapper does not hand them to Beam's BatchElements; SliceSession runs each packed slice on its own.)"""
     return model_spec_pb2.InferenceSpecType(
-        saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=str(model_dir), signature_name=[SIGNATURE]),
-        # Each element is already a batch of --batch-size examples: Beam must not group several of them.
-        batch_parameters=model_spec_pb2.BatchParameters(min_batch_size=1, max_batch_size=1))
+        saved_model_spec=model_spec_pb2.SavedModelSpec(model_path=str(model_dir.absolute()),
+                                                       signature_name=[SIGNATURE]))
 
 
 def pipeline_options(beam_args: list[str]):
@@ -232,7 +279,14 @@ def pipeline_options(beam_args: list[str]):
     return PipelineOptions(list(beam_args) if has_runner else ["--runner=FnApiRunner", *beam_args])
 
 
-# Progress bars of the pipelines running in this process, by pipeline: a remote worker finds none.
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """Whether the pipeline's steps run in this Python process: FnApiRunner in its in_memory or multi_threading
+    mode (not multi_processing, which starts SDK worker processes, nor any other runner)."""
+    return (options.view_as(StandardOptions).runner == "FnApiRunner"
+            and options.view_as(DirectOptions).direct_running_mode != "multi_processing")
+
+
+# Progress bars of the pipelines running in this process, by pipeline: a worker process finds none.
 _PROGRESS: dict[str, tqdm] = {}
 
 
@@ -247,28 +301,33 @@ def count_rows(scored: pa.Table, pipeline: str) -> pa.Table:
 def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_args: list[str],
                  progress: bool = False) -> Path:
     """Run the Beam pipeline and rename its single output file onto `output`; nothing is left on failure.
-    progress: a bar of the rows scored on stderr."""
+    progress: a bar of the rows scored on stderr (only where the steps run in this process)."""
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    options = pipeline_options(beam_args)
     _PROGRESS[str(tmp)] = tqdm(total=plan.rows, desc="batch score", unit="row", unit_scale=True,
-                               disable=not progress)
+                               disable=not (progress and runs_in_this_process(options)))
     try:
-        with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
+        with beam.Pipeline(options=options) as pipeline:
             _ = (pipeline
-                 | "Files" >> beam.Create([str(f) for f in plan.files])
-                 | "Read" >> beam.io.ReadAllFromParquetBatched(columns=plan.columns)
-                 # The type hint tells RunInference its input is keyed batches (its output type follows it).
-                 | "Encode" >> beam.FlatMap(encode_batches, plan.inputs, plan.keys, batch_size).with_output_types(
-                     beam.typehints.Tuple[pa.Table, beam.typehints.List[bytes]])
-                 | "Score" >> RunInferenceOnKeyedBatches(inference_spec(plan.model_dir))
+                 | "Files" >> beam.Create([str(f.absolute()) for f in plan.files])  # a worker may start elsewhere
+                 | "RowGroups" >> beam.FlatMap(row_groups)
+                 | "Spread" >> beam.Reshuffle()
+                 # The type hint tells RunInference its input is keyed (its output type follows it).
+                 | "Encode" >> beam.FlatMap(read_slices, plan, batch_size).with_output_types(
+                     beam.typehints.Tuple[pa.Table, bytes])
+                 | "Score" >> RunInference(inference_spec(plan.model_dir), load_override_fn=SliceSession)
                  | "Probability" >> beam.MapTuple(scored_table)
                  | "Progress" >> beam.Map(count_rows, str(tmp))
                  | "Write" >> beam.io.WriteToParquetBatched(str(tmp / "scores"), schema=plan.output_schema,
                                                             file_name_suffix=".parquet", num_shards=1,
                                                             shard_name_template=""))
+        written = pq.ParquetFile(tmp / "scores.parquet").metadata.num_rows
+        if written != plan.rows:  # a lost or repeated bundle, or input files changed while the pipeline ran
+            raise RuntimeError(f"the pipeline wrote {written} scores for {plan.rows} input rows")
         os.replace(tmp / "scores.parquet", output)
     finally:
         _PROGRESS.pop(str(tmp)).close()
