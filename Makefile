@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench bench-esci install constraints clean-data
+.PHONY: demo test bench bench-esci install constraints clean-data redis
 
 DATA   := data/$(WORLD)
 CKPT   := $(DATA)/embeddings/checkpoints
@@ -21,7 +21,7 @@ EMBCFG := experiments/configs/embeddings/$(WORLD).yaml
 FSCFG  := experiments/configs/features/$(WORLD).yaml
 EMB    := dashclip-$(WORLD)
 
-demo: $(STAMP)
+demo: $(STAMP) redis
 	$(PY) -m experiments.simulate --config experiments/configs/world/$(WORLD).yaml --out $(DATA) --overwrite
 	$(PY) -m embeddings.train --stage 1 --config $(EMBCFG) --data $(DATA)
 	$(PY) -m embeddings.train --stage 2 --config $(EMBCFG) --data $(DATA)
@@ -42,7 +42,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.ab_simulate --control exports/dcn --treatment exports/dashclip_two_tower --data $(DATA) \
 	    --config experiments/configs/ab/$(WORLD).yaml
 
-test: $(STAMP)
+test: $(STAMP) redis
 	$(PY) -m pytest -q tests
 
 # Ours vs DeepCTR 0.9.4 and FuxiCTR 2.3.10 on 5 folds of the Criteo and Avazu samples -> benchmarks/results/ctr_bench.md
@@ -63,6 +63,13 @@ bench-esci: $(STAMP)
 	$(PY) -m benchmarks.esci_bench $(if $(strip $(ESCI_PEERS)),--peers $(ESCI_PEERS)) $(ESCI_ARGS)
 
 install: $(STAMP)
+
+# A redis-server for the Redis online store (feature-store config online_store: redis) and its tests: the OS package,
+# installed where this runs as root with apt-get; elsewhere one line says the Redis tests will skip.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || \
+	    echo "redis-server is not installed and cannot be here (needs root and apt-get): the Redis online-store tests will skip"
 
 # The install is redone only when setup.py or constraints.txt change.
 $(STAMP): setup.py constraints.txt

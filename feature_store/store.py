@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import yaml
 from tqdm import tqdm
 
-from core.config import config_to_dict
+from core.config import ConfigError, config_to_dict
 from core.files import staged_folder, write_text_atomically
 from feature_store import derive
 from feature_store.config import SPLITS, FeatureStoreConfig, Layout, parse_time
@@ -56,6 +56,30 @@ def load_definitions():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def online_store_section(cfg: FeatureStoreConfig, layout: Layout) -> dict:
+    """The rendered repo's `online_store` section: Feast's own SQLite or Redis store, as the config chooses
+    (written as a one-line YAML flow mapping, so the template needs no indentation rules)."""
+    if cfg.online_store == "redis":
+        return {"type": "redis", "connection_string": cfg.redis_connection}
+    return {"type": "sqlite", "path": str(layout.online)}
+
+
+@contextlib.contextmanager
+def online_store_errors(online_store):
+    """A Redis that does not answer, as a ConnectionError naming the connection string and the config key (the
+    CLI prints it as one line); other stores' errors pass through."""
+    if online_store.type != "redis":
+        yield
+        return
+    import redis  # the Redis store is configured, so its client is installed
+
+    try:
+        yield
+    except redis.ConnectionError as err:
+        raise ConnectionError(f"online store redis at {online_store.connection_string!r}: {err} (start "
+                              "redis-server there or set redis_connection=host:port and build again)") from None
 
 
 def embedding_metadata(layout: Layout, version: str) -> dict:
@@ -193,6 +217,7 @@ class FeatureRepo:
     def build(self) -> dict:
         """Compute the feature tables from the raw and embedding tables, render the repo and apply it."""
         meta = embedding_metadata(self.layout, self.version)
+        self._template()  # a template that cannot take the configured online store fails before any work
         dim = meta["embedding_dim"]
         registered = self.registered_dim()
         if registered is not None and registered != dim:
@@ -235,11 +260,22 @@ class FeatureRepo:
         steps.close()
         return {"embedding_version": self.version, "embedding_dim": dim, "rows": rows}
 
+    def _template(self) -> str:
+        """The feature_store.yaml template's text. A template with its own online_store section (no
+        ${ONLINE_STORE}) keeps it, so it cannot take a non-default online_store key: ConfigError."""
+        template = Path(self.cfg.repo_template) if self.cfg.repo_template else PACKAGE_REPO / "feature_store.yaml"
+        text = template.read_text()
+        if "${ONLINE_STORE}" not in text and self.cfg.online_store != "sqlite":
+            raise ConfigError(f"FeatureStoreConfig: 'online_store': {self.cfg.online_store!r} needs the line "
+                              f"'online_store: ${{ONLINE_STORE}}' in the repo template {template}, which writes its "
+                              "own online_store section (keep that section and drop the key, or use the placeholder)")
+        return text
+
     def _render(self, versions: dict) -> dict:
         """Render feature_store.yaml, definitions.py and params.json into data/<name>/features/repo/."""
-        template = Path(self.cfg.repo_template) if self.cfg.repo_template else PACKAGE_REPO / "feature_store.yaml"
-        text = string.Template(template.read_text()).safe_substitute(
-            FEATURES_DIR=str(self.layout.features), DATA_DIR=str(self.layout.data), PROJECT=self.cfg.project)
+        text = string.Template(self._template()).safe_substitute(
+            FEATURES_DIR=str(self.layout.features), DATA_DIR=str(self.layout.data), PROJECT=self.cfg.project,
+            ONLINE_STORE=json.dumps(online_store_section(self.cfg, self.layout)))
         offline = (yaml.safe_load(text).get("offline_store") or {}).get("type", "duckdb")
         params = {
             "project": self.cfg.project, "offline_store": offline, "bigquery_dataset": self.cfg.bigquery_dataset,
@@ -301,20 +337,26 @@ class FeatureRepo:
         if end.tzinfo is None:
             raise SchemaError("materialize", "end", f"{end} has no time zone: a UTC time is required")
         store = self.store
+        built_with = store.config.online_store.type
+        if self.cfg.online_store != "sqlite" and built_with != self.cfg.online_store:  # the key is read by build
+            raise ConfigError(f"FeatureStoreConfig: 'online_store' is {self.cfg.online_store!r}, but "
+                              f"{self.layout.repo} was built with the {built_with!r} online store: run `build` with "
+                              f"online_store={self.cfg.online_store} first")
         views = list(self.views.values())
         fvs = [store.get_feature_view(v) for v in views]
         provider = store._get_provider()
-        # A full rewrite: the online store then holds exactly the state as of `end`, even for an earlier end.
-        provider.update_infra(project=store.project, tables_to_delete=fvs, tables_to_keep=[],
-                              entities_to_delete=[], entities_to_keep=[], partial=True)
-        provider.update_infra(project=store.project, tables_to_delete=[], tables_to_keep=fvs,
-                              entities_to_delete=[], entities_to_keep=[], partial=True)
-        with warnings.catch_warnings(), contextlib.ExitStack() as quiet:
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if not self.cfg.progress:  # Feast prints its own progress bars
-                quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-                quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-            store.materialize(start_date=EPOCH, end_date=end, feature_views=views)
+        with online_store_errors(store.config.online_store):
+            # A full rewrite: the online store then holds exactly the state as of `end`, even for an earlier end.
+            provider.update_infra(project=store.project, tables_to_delete=fvs, tables_to_keep=[],
+                                  entities_to_delete=[], entities_to_keep=[], partial=True)
+            provider.update_infra(project=store.project, tables_to_delete=[], tables_to_keep=fvs,
+                                  entities_to_delete=[], entities_to_keep=[], partial=True)
+            with warnings.catch_warnings(), contextlib.ExitStack() as quiet:
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if not self.cfg.progress:  # Feast prints its own progress bars
+                    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+                store.materialize(start_date=EPOCH, end_date=end, feature_views=views)
         return end
 
     # -----------------------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""The feature store built once for every test module of tests/feature_store that needs it."""
+"""The feature store built once for every test module of tests/feature_store that needs it, and a private
+redis-server for the Redis online store."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.feature_store.redis_server import NOT_FOUND
+from tests.feature_store.redis_server import redis_server as start_redis
 from tests.feature_store.store_world import make_world, run, training_set
 
 
@@ -22,3 +26,13 @@ def built(tiny_world, tmp_path_factory) -> Path:
 @pytest.fixture(scope="package")
 def ts_frame(built) -> pd.DataFrame:
     return training_set(built)
+
+
+@pytest.fixture(scope="package")
+def redis_server(tmp_path_factory) -> str:
+    """A redis-server of its own (tests/feature_store/redis_server.py) for the package: its Feast connection
+    string host:port. Skips, saying why, where no redis-server binary exists."""
+    if shutil.which("redis-server") is None:
+        pytest.skip(NOT_FOUND)
+    with start_redis(tmp_path_factory.mktemp("redis")) as connection:
+        yield connection

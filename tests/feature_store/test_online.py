@@ -1,5 +1,6 @@
 """feature_store.online (OnlineFeatures): online features equal the training-set features to the bit, unknown
-entities get the training defaults, bad requests name the column, and Feast's float lists are read bit for bit."""
+entities get the training defaults, bad requests name the column, and Feast's float values and float lists are read
+bit for bit (from the proto or straight from the wire bytes)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from feast.protos.feast.types.Value_pb2 import FloatList
+from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
 from feature_store.features import ONLINE_COLUMNS
-from feature_store.online import OnlineFeatures, _float_list_values
+from feature_store.online import FLOAT_HEADER, OnlineFeatures, _float_list_values, _packed
 from feature_store.schema import SchemaError
 from feature_store.store import FeatureRepo
 from tests.feature_store.store_world import DIM, VERSION, plain_context, request_context, run
@@ -77,3 +78,17 @@ def test_float_lists_are_read_bit_for_bit():
         assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), values[:n].view(np.uint32))
     long = np.random.default_rng(0).standard_normal(300).astype(np.float32)  # a 2-byte length varint
     assert np.array_equal(_float_list_values(FloatList(val=long.tolist())), long)
+
+
+def test_wire_bytes_are_read_bit_for_bit_or_refused():
+    values = np.array([0.1, -3.5e-8, np.inf, 1e38, 0.0], np.float32)
+    scalars = [Value(float_val=float(v)).SerializeToString() for v in values]
+    got = _packed(scalars, FLOAT_HEADER, 1)
+    assert got.dtype == np.float32 and got.shape == (5, 1)
+    assert np.array_equal(got[:, 0].view(np.uint32), values.view(np.uint32))
+    vectors = [Value(float_list_val=FloatList(val=values[::s].tolist())).SerializeToString() for s in (1, -1)]
+    header = vectors[0][:-4 * len(values)]
+    assert np.array_equal(_packed(vectors, header, 5).view(np.uint32), np.stack([values, values[::-1]]).view(np.uint32))
+    # any other layout is left to the proto parser: another type, another vector length
+    assert _packed(scalars[:1] + [Value(string_val="abc").SerializeToString()], FLOAT_HEADER, 1) is None
+    assert _packed(vectors, header, 4) is None
