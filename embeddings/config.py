@@ -35,7 +35,8 @@ class ModelConfig:
 
     query_tower: "separate" (DashCLIP: a query encoder and query_proj of their own, copied from the text side when
     stage 2 starts) or "shared" (a siamese tower: queries go through the product's own text encoder and
-    product_proj, as sentence-transformers' bi-encoders do). Shared needs products embedded from their titles
+    product_proj, as sentence-transformers' bi-encoders do; the model then builds no query encoder, so its
+    checkpoints hold one text encoder). Shared needs products embedded from their titles
     (modalities="text" or product_input="title"): on ESCI (benchmarks/esci_bench.py) separate towers drifted apart
     from the frozen product side and lost AUC to the shipped encoder, the shared one did not."""
 
@@ -71,25 +72,26 @@ class ModelConfig:
                 for key, value in changed.items():
                     object.__setattr__(self, key, value)
             if not 1 <= self.text_layers <= MINILM_LAYERS:
-                raise ValueError(f"text_layers={self.text_layers}: init=minilm warm-starts 1 to {MINILM_LAYERS} "
-                                 f"layers (all-MiniLM-L6-v2 has {MINILM_LAYERS})")
+                raise ConfigError(f"text_layers={self.text_layers}: init=minilm warm-starts 1 to {MINILM_LAYERS} "
+                                  f"layers (all-MiniLM-L6-v2 has {MINILM_LAYERS})")
         if self.projection_init == "identity" and not self.from_blip_dir and self.embed_dim != self.text_hidden:
-            raise ValueError(f"projection_init=identity needs embed_dim == text_hidden; got embed_dim="
-                             f"{self.embed_dim}, text_hidden={self.text_hidden}")
+            raise ConfigError(f"projection_init=identity needs embed_dim == text_hidden; got embed_dim="
+                              f"{self.embed_dim}, text_hidden={self.text_hidden}")
         if self.query_tower == "shared" and self.modalities != "text" and self.product_input != "title":
-            raise ValueError(f"query_tower=shared encodes queries with the product encoder, which needs products "
-                             f"embedded from their titles (modalities=text or product_input=title); got "
-                             f"modalities={self.modalities}, product_input={self.product_input}")
+            raise ConfigError(f"query_tower=shared encodes queries with the product encoder, which needs products "
+                              f"embedded from their titles (modalities=text or product_input=title); got "
+                              f"modalities={self.modalities}, product_input={self.product_input}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
+            raise ConfigError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         for hidden, heads in (("vision_hidden", "vision_heads"), ("text_hidden", "text_heads")):
             if getattr(self, hidden) % getattr(self, heads):
-                raise ValueError(f"{hidden}={getattr(self, hidden)} must be a multiple of {heads}={getattr(self, heads)}")
+                raise ConfigError(f"{hidden}={getattr(self, hidden)} must be a multiple of "
+                                  f"{heads}={getattr(self, heads)}")
         for key in ("max_title_len", "max_query_len"):
             if not 2 <= getattr(self, key) <= MAX_POSITIONS:
-                raise ValueError(f"{key}={getattr(self, key)} must be in [2, {MAX_POSITIONS}]")
+                raise ConfigError(f"{key}={getattr(self, key)} must be in [2, {MAX_POSITIONS}]")
         if not self.temp_init > 0:
-            raise ValueError(f"temp_init={self.temp_init} must be positive")
+            raise ConfigError(f"temp_init={self.temp_init} must be positive")
 
     @property
     def from_blip_dir(self) -> bool:

@@ -1,7 +1,8 @@
 """DashCLIP inputs: the catalog (image-title pairs), queries, relevance, the hold-out split, stage-2 pair sampling.
 
 Everything is read through `feature_store.schema`, so a user's own tables work the same as the simulator's; a bad
-row is an error naming its product_id (or query_id) rather than a failure deep inside training.
+row is an error naming its product_id (or query_id) rather than a failure deep inside training, a missing table or
+a file that is not parquet (truncated, another format) a DataError naming the file.
 A catalog needs product_id and what the model reads (`catalog_needs`): the title for text (model.modalities=text,
 a text-only catalog), the image for pictures (model.product_input=image: an image-only catalog), both for the
 multimodal model; aisle and created_ts are read where present (the aisle probe, the training window).
@@ -15,18 +16,56 @@ Held out from training, for evaluation:
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 
 from embeddings.config import EmbeddingConfig, ModelConfig
 from embeddings.preprocess import preprocess_images
 from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table, table_columns
+
+
+class DataError(ValueError):
+    """A user table that cannot be used as it is: missing, a file that is not parquet, a row naming an unknown
+    id, an empty title, an unreadable picture. Names the file (and the row); the entry points print it as one line
+    and exit 2. (A table that breaks its contract is feature_store.schema's SchemaError.)"""
+
+
+def _unreadable_file(path: Path) -> tuple[Path, Exception] | None:
+    """The first parquet file under path (a file or a folder of parts) whose footer pyarrow cannot read."""
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*.parquet")
+                                                 if p.is_file() and not p.name.startswith((".", "_")))
+    for file in files:
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowInvalid, OSError) as err:
+            return file, err
+    return None
+
+
+@contextmanager
+def reading(table: str, path: str | Path) -> Iterator[None]:
+    """Around reads of a user table: a missing table, or a file pyarrow cannot open (truncated, not parquet: its
+    own message, "magic bytes not found", names no file), becomes a DataError naming the file."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise DataError(str(err)) from None
+    except (pa.ArrowInvalid, OSError) as err:
+        found = _unreadable_file(Path(path))
+        if found is None:
+            raise
+        file, why = found
+        raise DataError(f"table '{table}': {file} is not a readable parquet file (truncated or another format: "
+                        f"{why})") from err
 
 
 @dataclass
@@ -70,7 +109,7 @@ def products_path(data_dir: str | Path | None, products: str | Path | None = Non
     if products is not None:
         return Path(products)
     if data_dir is None:
-        raise ValueError("no products table: give a data folder or the products table's path")
+        raise DataError("no products table: give a data folder or the products table's path")
     return Path(data_dir) / "raw" / "products"
 
 
@@ -85,6 +124,12 @@ def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool
     skip_corrupt_images: then the product is dropped, and counted and named in `skipped_images` (and printed),
     never silently."""
     path = products_path(data_dir, products)
+    with reading("products", path):
+        return _load_catalog(path, image_size, with_images, skip_corrupt_images, with_titles)
+
+
+def _load_catalog(path: Path, image_size: int, with_images: bool, skip_corrupt_images: bool,
+                  with_titles: bool) -> Catalog:
     try:
         df = read_table("products", path, columns=["title"] if with_titles else [],
                         if_present=["title", "aisle", "created_ts"]).to_pandas()
@@ -98,8 +143,8 @@ def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool
         bad = raw[raw.title.isna() | (raw.title.fillna("").str.len() == 0)]
         if bad.empty:
             raise
-        raise ValueError(f"{path}: product_id {int(bad.product_id.iloc[0])}: empty title ({len(bad)} products "
-                         f"have no title; every product needs one)") from err
+        raise DataError(f"{path}: product_id {int(bad.product_id.iloc[0])}: empty title ({len(bad)} products "
+                        f"have no title; every product needs one)") from err
     pixels, skipped = None, []
     if with_images:
         if "image" not in (has := table_columns("products", path)):
@@ -107,7 +152,7 @@ def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool
                               f"reads product pictures: a catalog without images needs model.modalities=text", path)
         raw = _raw_column(path, "image")
         if raw.product_id.duplicated().any() or len(raw) != len(df):
-            raise ValueError(f"{path}: the image column does not line up with the product ids")
+            raise DataError(f"{path}: the image column does not line up with the product ids")
         images = raw.set_index("product_id").image.reindex(df.product_id).tolist()
         decoded, keep = [], np.ones(len(df), dtype=bool)
         for i, (pid, png) in enumerate(zip(df.product_id, images)):
@@ -119,8 +164,8 @@ def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool
                 except ValueError as e:
                     problem = f"unreadable image ({e})"
             if not skip_corrupt_images:
-                raise ValueError(f"{path}: product_id {int(pid)}: {problem}; fix the picture, or set "
-                                 f"skip_corrupt_images=true to drop such products (they are counted and reported)")
+                raise DataError(f"{path}: product_id {int(pid)}: {problem}; fix the picture, or set "
+                                f"skip_corrupt_images=true to drop such products (they are counted and reported)")
             keep[i] = False
             skipped.append(int(pid))
         if skipped:
@@ -137,24 +182,26 @@ def load_catalog(data_dir: str | Path | None, image_size: int, with_images: bool
 def load_queries(data_dir: str | Path | None, queries: str | Path | None = None) -> pd.DataFrame:
     """The queries table: <data_dir>/raw/queries, or the table at `queries` (a parquet file or folder)."""
     if queries is None and data_dir is None:
-        raise ValueError("no queries table: give a data folder or the queries table's path")
+        raise DataError("no queries table: give a data folder or the queries table's path")
     path = Path(queries) if queries is not None else Path(data_dir) / "raw" / "queries"
-    return read_table("queries", path).to_pandas()
+    with reading("queries", path):
+        return read_table("queries", path).to_pandas()
 
 
 def load_relevance(data_dir: str | Path, catalog: Catalog, queries: pd.DataFrame) -> pd.DataFrame:
     """Relevance rows. A row naming a product or query that does not exist is an error naming that row; rows of
     products dropped by skip_corrupt_images are dropped with them."""
     path = Path(data_dir) / "raw" / "relevance"
-    rel = read_table("relevance", path, columns=["label"]).to_pandas()  # `source`, when present, is not used
+    with reading("relevance", path):
+        rel = read_table("relevance", path, columns=["label"]).to_pandas()  # `source`, when present, is not used
     known_products = np.concatenate([catalog.product_ids, np.asarray(catalog.skipped_images, dtype=np.int64)])
     for column, known in (("product_id", known_products), ("query_id", queries.query_id.to_numpy())):
         bad = ~rel[column].isin(known)
         if bad.any():
             row = rel[bad].iloc[0]
-            raise ValueError(f"{path}: {int(bad.sum())} relevance rows name an unknown {column}; first: row "
-                             f"{int(np.flatnonzero(bad.to_numpy())[0])} (query_id={int(row.query_id)}, "
-                             f"product_id={int(row.product_id)})")
+            raise DataError(f"{path}: {int(bad.sum())} relevance rows name an unknown {column}; first: row "
+                            f"{int(np.flatnonzero(bad.to_numpy())[0])} (query_id={int(row.query_id)}, "
+                            f"product_id={int(row.product_id)})")
     if catalog.skipped_images:
         rel = rel[rel.product_id.isin(catalog.product_ids)].reset_index(drop=True)
     return rel

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +42,18 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 
-from core.config import add_config_args, config_from_args
+from core.config import ConfigError, add_config_args, config_from_args, exit_on
 from core.tracking import setup_mlflow
-from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
+from embeddings.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, read_checkpoint_meta
 from embeddings.config import EmbeddingConfig, set_threads
-from embeddings.data import Catalog, Holdout, products_path, stage2_inputs
+from embeddings.data import Catalog, DataError, Holdout, products_path, reading, stage2_inputs
 from embeddings.encode import embed_products, embed_queries, embed_sentences
 from embeddings.metrics import aisle_accuracy, auc_2v0, linear_probe, pair_features, retrieval
 from embeddings.model import DashClip, build_model
 from embeddings.plots import plot_cosines, plot_tsne
 from embeddings.preprocess import preprocess_images, tokenize
 from embeddings.pretrained import load_minilm_encoder, load_tokenizer, minilm_max_seq_length, resolved_blip_config
-from feature_store.schema import read_table
+from feature_store.schema import SchemaError, read_table
 
 METRICS = ("aisle_acc", "relevance_f1", "recall_at_10", "ndcg_at_10", "cos_auc_2v0")
 
@@ -109,7 +108,8 @@ def world_judgments(data_dir: Path, catalog: Catalog, query_ids: np.ndarray) -> 
     folder = Path(data_dir) / "hidden" / "retrieval_truth"
     if not folder.is_dir():
         return None
-    truth = read_table("retrieval_truth", folder).to_pandas()
+    with reading("retrieval_truth", folder):
+        truth = read_table("retrieval_truth", folder).to_pandas()
     truth = truth[truth.query_id.isin(query_ids)]
     if truth.query_id.nunique() < len(np.unique(query_ids)):
         return None
@@ -129,7 +129,8 @@ def load_eval_data(cfg: EmbeddingConfig, data_dir: Path) -> EvalData:
     golden = Path(data_dir) / "hidden" / "relevance_truth"
     label_source = "labels"
     if golden.is_dir():
-        truth = read_table("relevance_truth", golden).to_pandas()
+        with reading("relevance_truth", golden):
+            truth = read_table("relevance_truth", golden).to_pandas()
         relevance = relevance.drop(columns="label").merge(truth, on=["query_id", "product_id"], validate="one_to_one")
         relevance = relevance.rename(columns={"true_label": "label"})
         label_source = "golden"
@@ -199,7 +200,9 @@ def blip_product_embeddings(model: DashClip, data_dir: Path, catalog: Catalog, b
     """[N, D] catalog pictures through the BLIP model at its own image size, decoded batch by batch (a BLIP
     checkpoint reads 384x384 pictures: a whole catalog of those does not fit in memory at once)."""
     size = resolved_blip_config(model.cfg).vision_config.image_size
-    images = read_table("products", products_path(data_dir), columns=["image"]).to_pandas()
+    path = products_path(data_dir)
+    with reading("products", path):
+        images = read_table("products", path, columns=["image"]).to_pandas()
     png = images.set_index("product_id").image.reindex(catalog.product_ids).tolist()
     tokenizer = load_tokenizer(model.cfg)
     out = []
@@ -252,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("offshelf", "blip", "untrained"):
             parser.error(f"--encoder {name}=...: {name!r} names a baseline row; choose another name")
         encoders[name] = Path(path)
+        check_checkpoint(path, cfg.model)  # another modalities or architecture is named before any work starts
     out = args.out or args.data / "embeddings" / "eval"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -298,4 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on(main, ConfigError, DataError, SchemaError, CheckpointError)  # bad input: one line, exit status 2

@@ -5,7 +5,9 @@ Product side (transformers' BlipForImageTextRetrieval provides the parts):
     title  --text_encoder-->        text_embeds  [B, L, Ht]   --text_proj(pool)-->  text_feat  [B, D]  (unimodal)
     title + image_embeds --text_encoder with cross-attention--> multimodal [B, L, Ht]
         first token C_i --product_proj--> product embedding [B, D];  --itm_head--> match logits [B, 2]
-Query side: query_encoder, a text-only BlipTextModel starting as a copy of the product text encoder, + query_proj.
+Query side: query_encoder, a text-only BlipTextModel starting as a copy of the product text encoder, + query_proj;
+with ModelConfig.query_tower="shared" there are none (queries go through the title encoder and product_proj), so a
+shared-tower model and its checkpoints hold one text encoder, not two.
 Every *_feat / embedding is L2-normalised; D = embed_dim (BLIP: 256), P = (image_size / patch_size)^2 patches.
 pool = ModelConfig.pooling: the first token (BLIP's [CLS]) or the mean over the attention mask (sentence-transformers';
 the only reading all-MiniLM-L6-v2 was trained for: its first token maps every title to nearly the same vector).
@@ -53,14 +55,11 @@ class DashClip(nn.Module):
             _set_identity(self.text_proj)
         # C_i -> shared space; starts as the text projection (as the image projection for the image-only ablation)
         self.product_proj = copy.deepcopy(blip.vision_proj if self.product_input == "image" else blip.text_proj)
-        # The query encoder is text-only: same config without cross-attention layers, weights copied below.
-        query_config = copy.deepcopy(blip.config.text_config)
-        query_config.is_decoder = False
-        self.query_encoder = BlipTextModel(query_config, add_pooling_layer=False)
-        self.query_proj = copy.deepcopy(blip.text_proj)
+        self.query_encoder: BlipTextModel | None = None  # built by _restart_query_tower for a separate tower only
+        self.query_proj: nn.Linear | None = None
+        self._restart_query_tower()
         self.temp = nn.Parameter(torch.tensor(float(cfg.temp_init)))  # ITC temperature (stage 1)
         self.pqc_temp = nn.Parameter(torch.tensor(float(cfg.temp_init)))  # product-query temperature (stage 2)
-        self._copy_text_encoder_to_query()
         self.train()  # from_pretrained leaves BLIP's parts in eval mode; make the modes agree
 
     @property
@@ -72,18 +71,30 @@ class DashClip(nn.Module):
         return "title" if self.cfg.modalities == "text" else self.cfg.product_input
 
     @torch.no_grad()
-    def _copy_text_encoder_to_query(self) -> None:
+    def _restart_query_tower(self) -> None:
+        """Make the query side what cfg.query_tower asks for. Separate: a text-only query encoder (the text
+        encoder's config without cross-attention layers) and query_proj, built if absent, holding copies of the
+        current text encoder's and text_proj's values (separate tensors). Shared: none at all, so no stale second
+        encoder is trained, saved or held in memory (one read from an older checkpoint is dropped)."""
+        if self.cfg.query_tower == "shared":
+            self.query_encoder = self.query_proj = None
+            return
+        if self.query_encoder is None:
+            query_config = copy.deepcopy(self.blip_config.text_config)
+            query_config.is_decoder = False
+            self.query_encoder = BlipTextModel(query_config, add_pooling_layer=False)
+            self.query_proj = copy.deepcopy(self.text_proj)
         text_only = {k: v for k, v in self.text_encoder.state_dict().items() if ".crossattention." not in k}
         self.query_encoder.load_state_dict(text_only, strict=True)  # copies values: the two stay separate tensors
         self.query_proj.load_state_dict(self.text_proj.state_dict())
 
     def start_stage2(self, keep_product_proj: bool = False) -> None:
-        """Restart the query side (encoder, projection) and product_proj from the current, e.g. stage-1 trained,
-        product encoders. With keep_product_proj, a multimodal product embedding keeps its product_proj: stage 1
-        already trained it on C_i (Stage1Config.product_itc)."""
+        """Restart the query side (encoder, projection; none for cfg.query_tower="shared") and product_proj from
+        the current, e.g. stage-1 trained, product encoders. With keep_product_proj, a multimodal product embedding
+        keeps its product_proj: stage 1 already trained it on C_i (Stage1Config.product_itc)."""
         keep = keep_product_proj and self.product_input == "multimodal"
         trained = copy.deepcopy(self.product_proj.state_dict()) if keep else None
-        self._copy_text_encoder_to_query()
+        self._restart_query_tower()
         source = self.vision_proj if self.product_input == "image" else self.text_proj
         self.product_proj = copy.deepcopy(source)
         if trained is not None:

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -44,15 +43,16 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
+from core.config import ConfigError, exit_on
 from core.files import staged_folder
-from embeddings.checkpoint import load_checkpoint, read_checkpoint_meta
+from embeddings.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from embeddings.config import set_threads
-from embeddings.data import catalog_needs, load_catalog, load_queries
+from embeddings.data import DataError, catalog_needs, load_catalog, load_queries, reading
 from embeddings.distributed import Ranks, barrier, close, collect, init_from_env
 from embeddings.model import DashClip
 from embeddings.preprocess import tokenize
 from embeddings.pretrained import load_tokenizer
-from feature_store.schema import read_table, write_table
+from feature_store.schema import SchemaError, read_table, write_table
 
 ROWS_PER_PART = 50_000
 EPOCH_US = 0  # 1970-01-01T00:00:00Z
@@ -98,7 +98,8 @@ def query_event_us(data_dir: Path | None, query_ids: np.ndarray) -> np.ndarray:
     folder = None if data_dir is None else Path(data_dir) / "raw" / "impressions"
     if folder is None or not folder.is_dir():
         return out
-    imp = read_table("impressions", folder, columns=["query_id", "ts"])
+    with reading("impressions", folder):
+        imp = read_table("impressions", folder, columns=["query_id", "ts"])
     first = imp.group_by("query_id").aggregate([("ts", "min")])
     qid = first.column("query_id").to_numpy()
     ts = pc.cast(first.column("ts_min"), pa.int64()).to_numpy()
@@ -120,15 +121,15 @@ def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = No
     checkpoint = Path(checkpoint)
     data_dir = None if data_dir is None else Path(data_dir)
     if data_dir is None and products is None and queries is None:
-        raise ValueError("precompute needs a data folder or a products / queries table")
+        raise ConfigError("precompute needs a data folder or a products / queries table")
     if data_dir is None and out is None:
-        raise ValueError("precompute without a data folder needs an output folder (--out)")
+        raise ConfigError("precompute without a data folder needs an output folder (--out)")
     model: DashClip
     model, cfg = load_checkpoint(checkpoint)
     model.eval()
     version = version or default_version(checkpoint)
     if not version or "/" in version or version.startswith("."):
-        raise ValueError(f"--version {version!r}: a version is a plain folder name")
+        raise ConfigError(f"--version {version!r}: a version is a plain folder name")
     tokenizer = load_tokenizer(cfg)
     dim = model.embed_dim
     out = Path(out) if out is not None else data_dir / "embeddings" / version
@@ -143,7 +144,7 @@ def precompute(data_dir: Path | None, checkpoint: Path, version: str | None = No
             catalog = load_catalog(data_dir, cfg.image_size, with_images=with_images, with_titles=with_titles,
                                    products=products)
             if catalog.skipped_images:
-                raise ValueError("precompute embeds every product; fix the unreadable pictures first")
+                raise DataError("precompute embeds every product; fix the unreadable pictures first")
             n_products = len(catalog)
             if catalog.created_ts is None:
                 created_us = np.full(len(catalog), EPOCH_US, dtype=np.int64)
@@ -233,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on(main, ConfigError, DataError, SchemaError, CheckpointError)  # bad input: one line, exit status 2

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import BertModel, BertTokenizer, BlipConfig, BlipTextModel
 from transformers.utils import logging as hf_logging
 
+from core.config import ConfigError
 from embeddings.config import MAX_POSITIONS, ModelConfig
 
 try:  # optional: only init "scratch" / "minilm" read its vocabulary and weights (minilm_dir says how to install it)
@@ -62,11 +63,11 @@ def load_minilm_encoder() -> tuple[BertModel, BertTokenizer]:
 
 
 def blip_dir(cfg: ModelConfig) -> Path:
-    """The Hugging Face BLIP checkpoint directory that cfg.init names (FileNotFoundError if it is none)."""
+    """The Hugging Face BLIP checkpoint directory that cfg.init names (ConfigError if it is none)."""
     path = Path(cfg.init)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"ModelConfig.init={cfg.init!r}: not 'scratch', 'minilm' nor a Hugging Face BLIP "
-                                f"checkpoint directory (no {path / 'config.json'}); nothing is downloaded")
+        raise ConfigError(f"ModelConfig.init={cfg.init!r}: not 'scratch', 'minilm' nor a Hugging Face BLIP "
+                          f"checkpoint directory (no {path / 'config.json'}); nothing is downloaded")
     return path
 
 

@@ -38,7 +38,6 @@ import functools
 import itertools
 import math
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -49,13 +48,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.config import add_config_args, config_from_args, config_to_dict
+from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on
 from core.tracking import flatten, setup_mlflow
-from embeddings.checkpoint import (load_checkpoint, load_train_state, read_checkpoint_meta, save_checkpoint,
-                                   save_train_state, train_fingerprint)
+from embeddings.checkpoint import (CheckpointError, check_checkpoint, load_checkpoint, load_train_state,
+                                   read_checkpoint_meta, save_checkpoint, save_train_state, train_fingerprint)
 from embeddings.config import EmbeddingConfig, Stage1Config, Stage2Config, set_threads
-from embeddings.data import (Catalog, Holdout, PairSampler, Stage2Batch, load_catalog, load_queries, load_relevance,
-                             make_holdout, stage2_inputs, stage2_split)
+from embeddings.data import (Catalog, DataError, Holdout, PairSampler, Stage2Batch, load_catalog, load_queries,
+                             load_relevance, make_holdout, stage2_inputs, stage2_split)
 from embeddings.distributed import Ranks, barrier, close, data_parallel, gather, init_from_env, on_main, shard
 from embeddings.encode import product_hidden_all
 from embeddings.loss import (SoftTargets, clamp_temperature, itc_loss, itm_loss, l2sp_loss, pqc_loss,
@@ -65,6 +64,7 @@ from embeddings.model import DashClip, build_model
 from embeddings.plots import plot_history
 from embeddings.preprocess import tokenize
 from embeddings.pretrained import load_tokenizer
+from feature_store.schema import SchemaError
 
 
 class StopTraining(RuntimeError):
@@ -164,7 +164,8 @@ def _trainable(model: DashClip, modules: list[torch.nn.Module], cfg: EmbeddingCo
             p.requires_grad_(True)
     if cfg.freeze_word_embeddings:
         for enc in (model.text_encoder, model.query_encoder):
-            enc.embeddings.word_embeddings.weight.requires_grad_(False)
+            if enc is not None:  # a shared query tower has no query encoder
+                enc.embeddings.word_embeddings.weight.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -328,15 +329,15 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     """Stage 1 on the training products' image-title pairs; returns the final checkpoint folder. Under torchrun
     (ranks: embeddings.distributed) stage1.batch_size is the global batch, split across the ranks."""
     if cfg.model.modalities == "text":
-        raise ValueError("stage 1 aligns images and titles; a catalog without images (model.modalities=text) starts "
-                         "at stage 2: run --stage 2 with stage2.init_from=offshelf")
+        raise ConfigError("stage 1 aligns images and titles; a catalog without images (model.modalities=text) "
+                          "starts at stage 2: run --stage 2 with stage2.init_from=offshelf")
     s1 = cfg.stage1
     catalog = load_catalog(data_dir, cfg.model.image_size, skip_corrupt_images=cfg.skip_corrupt_images)
     relevance = load_relevance(data_dir, catalog, load_queries(data_dir))
     holdout = make_holdout(catalog, relevance, data_dir, cfg.heldout_query_share, cfg.heldout_product_share, cfg.seed)
     train_idx = np.flatnonzero(holdout.train_products)
     if len(train_idx) < 2:
-        raise ValueError(f"{data_dir}: stage 1 needs at least 2 training products, found {len(train_idx)}")
+        raise DataError(f"{data_dir}: stage 1 needs at least 2 training products, found {len(train_idx)}")
     tokenizer = load_tokenizer(cfg.model)
     ids, mask = tokenize(tokenizer, catalog.titles, cfg.model.max_title_len)
     title_code = np.unique(np.array(catalog.titles), return_inverse=True)[1]  # equal titles are not negatives
@@ -386,16 +387,27 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
 # stage 2: PQC between products and queries
 
 
+def stage1_start(cfg: EmbeddingConfig, data_dir: Path) -> Path | None:
+    """The stage-1 checkpoint stage 2 starts from, checked against the config (check_checkpoint: no weight read);
+    None when stage 2 starts from the untrained model (init_from=offshelf, or a catalog without images)."""
+    if cfg.stage2.init_from == "offshelf" or cfg.model.modalities == "text":
+        return None
+    stage1 = checkpoint_dir(cfg, data_dir) / "stage1"
+    if not (stage1 / "model_config.json").is_file():
+        raise CheckpointError(f"stage 2 starts from a stage-1 checkpoint: {stage1} not found "
+                              f"(run --stage 1 first, or set stage2.init_from=offshelf)")
+    check_checkpoint(stage1, cfg.model)
+    return stage1
+
+
 def load_stage2_start(cfg: EmbeddingConfig, data_dir: Path) -> DashClip:
     """Stage 2's starting point: the stage-1 checkpoint (or the untrained model for init_from=offshelf or a catalog
-    without images), with the query side and product_proj restarted from the product encoders."""
-    if cfg.stage2.init_from == "offshelf" or cfg.model.modalities == "text":
+    without images), with the query side (none for a shared query tower) and product_proj restarted from the
+    product encoders."""
+    stage1 = stage1_start(cfg, data_dir)
+    if stage1 is None:
         model = build_model(cfg.model, seed=cfg.seed)
     else:
-        stage1 = checkpoint_dir(cfg, data_dir) / "stage1"
-        if not (stage1 / "model.safetensors").is_file():
-            raise FileNotFoundError(f"stage 2 starts from a stage-1 checkpoint: {stage1} not found "
-                                    f"(run --stage 1 first, or set stage2.init_from=offshelf)")
         model, _ = load_checkpoint(stage1, expected_cfg=cfg.model)
         model.cfg = dataclasses.replace(model.cfg, product_input=cfg.model.product_input,
                                         query_tower=cfg.model.query_tower)
@@ -528,6 +540,7 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     on rank 0 and its row (so keep_best and early stopping) reaches every rank."""
     s2 = cfg.stage2
     progress = progress and ranks.is_main
+    stage1_start(cfg, data_dir)  # a missing or mismatched stage-1 checkpoint is named before any data is read
     catalog, queries, relevance, holdout = stage2_inputs(cfg, data_dir)
     split = stage2_split(relevance, catalog, holdout, cfg.heldout_query_share, s2.exclude_heldout_products)
     if ranks.is_main:
@@ -535,8 +548,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     sampler = PairSampler(split.train, s2.positive_labels, s2.negative_labels, s2.negative_weights, s2.negatives,
                           cfg.seed, negative_products=s2.negative_products)
     if len(sampler) == 0:
-        raise ValueError(f"{data_dir}: no positive relevance pairs (labels {list(s2.positive_labels)}) among the "
-                         f"training queries and products to train stage 2 on")
+        raise DataError(f"{data_dir}: no positive relevance pairs (labels {list(s2.positive_labels)}) among the "
+                        f"training queries and products to train stage 2 on")
     tokenizer = load_tokenizer(cfg.model)
     p_ids, p_mask = tokenize(tokenizer, catalog.titles, cfg.model.max_title_len)
     q_ids, q_mask = tokenize(tokenizer, queries.query_text.tolist(), cfg.model.max_query_len)
@@ -716,4 +729,4 @@ def _train_logged(args: argparse.Namespace, cfg: EmbeddingConfig, ranks: Ranks) 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on(main, ConfigError, DataError, SchemaError, CheckpointError)  # bad input: one line, exit status 2

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from embeddings.checkpoint import (load_checkpoint, load_train_state, read_checkpoint_meta, save_checkpoint,
-                                   save_train_state, train_fingerprint)
+from embeddings.checkpoint import (CheckpointError, fingerprint, load_checkpoint, load_train_state,
+                                   read_checkpoint_meta, save_checkpoint, save_train_state, train_fingerprint)
 from embeddings.config import EmbeddingConfig
 from embeddings.model import build_model
 from tests.embeddings.helpers import TINY, all_outputs, model_inputs
@@ -52,7 +52,7 @@ def test_checkpoint_of_another_config_is_refused_by_name(tmp_path):
     save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"))
     with pytest.raises(ValueError, match="lacks parameter 'query_proj.bias'"):
         load_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError, match="not a DashCLIP checkpoint"):
+    with pytest.raises(CheckpointError, match="not a DashCLIP checkpoint"):
         load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="text_layers"):  # and the config must describe the model it saves
         save_checkpoint(build_model(two), dataclasses.replace(two, text_layers=3), tmp_path / "bad")
@@ -101,3 +101,55 @@ def test_train_fingerprint_ignores_run_control_only():
     assert train_fingerprint(cfg, 2, 100) != same and train_fingerprint(cfg, 1, 101) != same
     lr = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, lr=0.1))
     assert train_fingerprint(lr, 1, 100) != same
+
+
+SHARED = dataclasses.replace(TINY, modalities="text", query_tower="shared")
+QUERY_TOWER = ("query_encoder.", "query_proj.")
+
+
+def test_a_shared_query_tower_is_saved_once_and_reloads_to_the_same_embeddings(tmp_path):
+    shared, separate = build_model(SHARED).eval(), build_model(dataclasses.replace(SHARED, query_tower="separate"))
+    with torch.no_grad():  # away from the seeded initialisation, so a load that drops weights shows
+        for p in shared.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    a = save_checkpoint(shared, SHARED, tmp_path / "shared") / "model.safetensors"
+    b = save_checkpoint(separate, separate.cfg, tmp_path / "separate") / "model.safetensors"
+    saved_a, saved_b = load_file(str(a)), load_file(str(b))
+    query_side = {k for k in saved_b if k.startswith(QUERY_TOWER)}
+    assert query_side and not any(k.startswith(QUERY_TOWER) for k in saved_a)
+    assert set(saved_a) == set(saved_b) - query_side  # everything else is there, once
+    values_a, values_b = (sum(v.numel() for v in saved.values()) for saved in (saved_a, saved_b))
+    query_values = sum(saved_b[k].numel() for k in query_side)
+    assert values_a == values_b - query_values
+    # the query encoder is a second text encoder (less cross-attention): about half of this text model
+    assert 0.4 < query_values / values_b < 0.5
+    assert 0.5 < a.stat().st_size / b.stat().st_size < 0.6
+    again, cfg = load_checkpoint(a.parent, expected_cfg=SHARED)
+    assert cfg == SHARED and again.query_encoder is None and again.query_proj is None
+    ids, mask, _ = model_inputs()
+    with torch.no_grad():
+        for encode in ("encode_query", "encode_product"):
+            want, got = getattr(shared, encode)(ids, mask), getattr(again.eval(), encode)(ids, mask)
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=encode)
+
+
+def test_a_shared_tower_checkpoint_of_an_older_version_with_its_stale_query_encoder_still_loads(tmp_path):
+    """Before query_tower=shared stopped building the query encoder, its checkpoints held one (never read)."""
+    shared = build_model(SHARED).eval()
+    path = save_checkpoint(shared, SHARED, tmp_path / "old")
+    old_layout = build_model(dataclasses.replace(SHARED, query_tower="separate"))  # the tensors the old model had
+    stale = {k: v for k, v in old_layout.state_dict().items() if k.startswith(QUERY_TOWER)}
+    save_file({**load_file(str(path / "model.safetensors")), **stale}, str(path / "model.safetensors"))
+    meta = json.loads((path / "model_config.json").read_text())
+    meta["fingerprint"] = fingerprint(old_layout)
+    (path / "model_config.json").write_text(json.dumps(meta))
+    model, _ = load_checkpoint(path, expected_cfg=SHARED)
+    assert model.query_encoder is None and not any(k.startswith(QUERY_TOWER) for k in model.state_dict())
+    ids, mask, _ = model_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().encode_query(ids, mask), shared.encode_query(ids, mask), rtol=0,
+                                   atol=0)
+    meta["fingerprint"] = fingerprint(shared)  # a JSON that was not saved with these weights is still refused
+    (path / "model_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="fingerprint does not match model.safetensors"):
+        load_checkpoint(path)

@@ -116,3 +116,21 @@ def test_start_stage2_keeps_a_trained_multimodal_product_proj_only_when_asked(pr
     torch.testing.assert_close(model.product_proj.weight, want, rtol=0, atol=0)
     assert model.product_proj.weight.data_ptr() != source.weight.data_ptr()  # a copy, trained on its own
     torch.testing.assert_close(model.query_proj.weight, model.text_proj.weight, rtol=0, atol=0)
+
+
+def test_a_shared_query_tower_has_no_query_encoder_and_stage2_builds_or_drops_one_as_asked():
+    ids, mask, _ = model_inputs()
+    model = build_model(dataclasses.replace(TINY, product_input="title", query_tower="shared")).eval()
+    assert model.query_encoder is None and model.query_proj is None
+    assert not any(k.startswith("query") for k in model.state_dict())
+    # stage 2 of another tower than stage 1's (load_stage2_start sets model.cfg to stage 2's config, then restarts)
+    model.cfg = dataclasses.replace(model.cfg, query_tower="separate")
+    model.start_stage2()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_query(ids, mask), model.encode_text(ids, mask)[1])
+    assert any(k.startswith("query_encoder.") for k in model.state_dict())
+    model.cfg = dataclasses.replace(model.cfg, query_tower="shared")
+    model.start_stage2()
+    assert model.query_encoder is None and not any(k.startswith("query") for k in model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_query(ids, mask), model.encode_product(ids, mask), rtol=0, atol=0)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors.torch import load_file
 
 from core.config import ConfigError
 from embeddings import evaluate, precompute
@@ -18,9 +19,12 @@ from tests.helpers.tables import rewrite_raw_table
 
 def test_train_evaluate_precompute_end_to_end(world, capsys):
     assert run_train(world, 1) == 0 and run_train(world, 2) == 0
-    assert run_train(world, 2, "model.product_input=title", out_name="title_only") == 0
+    # the title ablation with one shared tower: stage 1's query encoder is dropped at the hand-over
+    assert run_train(world, 2, "model.product_input=title", "model.query_tower=shared", out_name="title_only") == 0
     ckpt = world / "embeddings" / "checkpoints"
     assert (ckpt / "stage1" / "model.safetensors").is_file() and not (ckpt / "stage1.state").exists()
+    assert not any(k.startswith("query_encoder.") for k in load_file(str(ckpt / "title_only" / "model.safetensors")))
+    assert any(k.startswith("query_encoder.") for k in load_file(str(ckpt / "stage2" / "model.safetensors")))
     assert evaluate.main(["--config", CONFIG, "--data", str(world), "--encoder", f"stage1={ckpt / 'stage1'}",
                           "--encoder", f"stage2={ckpt / 'stage2'}", "--encoder", f"title_only={ckpt / 'title_only'}",
                           "--no-tsne"]) == 0

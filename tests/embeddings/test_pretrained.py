@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.config import ConfigError
 from embeddings.checkpoint import load_checkpoint, save_checkpoint
 from embeddings.config import ModelConfig
 from embeddings.model import build_model
@@ -43,7 +44,7 @@ def test_loads_a_hugging_face_blip_checkpoint_directory(tmp_path):
         torch.testing.assert_close(again.eval().encode_product(ids, mask, px), model.encode_product(ids, mask, px))
     with pytest.raises(ValueError, match="vision_hidden=16, the config asks for vision_hidden=32"):
         load_checkpoint(tmp_path / "ckpt", expected_cfg=TINY)
-    with pytest.raises(FileNotFoundError, match="not 'scratch', 'minilm' nor a Hugging Face BLIP"):
+    with pytest.raises(ConfigError, match="not 'scratch', 'minilm' nor a Hugging Face BLIP"):
         build_model(dataclasses.replace(TINY, init=str(tmp_path / "missing")))
 
 

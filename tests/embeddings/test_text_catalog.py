@@ -140,7 +140,7 @@ def test_stage2_of_a_collapsed_encoder_warns(text_world):
 def test_text_catalog_stage2_precompute_evaluate_and_feature_store(text_world, tmp_path, capsys):
     from feature_store.__main__ import main as feature_store
 
-    assert run_train(text_world, 2, *TEXT) == 0
+    assert run_train(text_world, 2, *TEXT, "model.query_tower=shared") == 0  # text.yaml's one tower
     out = capsys.readouterr().out
     assert "stage 2 split by query:" in out and "held out for validation" in out
     ckpt = text_world / "embeddings" / "checkpoints" / "stage2"
@@ -291,8 +291,9 @@ def test_a_shared_tower_in_both_directions_with_hard_negative_products_trains_an
         assert h["contrastive"] == pytest.approx((h["pqc"] + h["qpc"]) / 2, rel=1e-5)
     a = load_file(str(tmp_path / "a" / "stage2" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "stage2" / "model.safetensors"))
+    assert set(a) == set(b) and not any(k.startswith(("query_encoder.", "query_proj.")) for k in a)  # one tower
     for k in a:
-        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)  # bit for bit
     start = build_model(load_config(EmbeddingConfig, CONFIG, list(shared)).model, seed=0)
     moved = [k for k, v in start.state_dict().items() if k.startswith("text_encoder.") and ".layer." in k
              and not torch.equal(v, a[k])]
