@@ -23,13 +23,29 @@ benchmarks/results/ranking.jsonl (benchmark, metric, value, unit, config, git_sh
 Two architectures: the default full-rank cross layers (the design's ~4.5-5 MFLOP per example shape) and the
 low-rank option (rank 64: fewer FLOPs, more examples/s, a smaller share of the roof: the same per-example
 overhead around fewer matmuls). Training runs with the project's TrainConfig (steps_per_execution included).
+
+    python -m benchmarks.ranking_bench --scaling [--rows 200000] [--batch 4096] [--steps 16]
+
+measures instead data-parallel training (train.strategy, ranking/distribute.py): the first of --models at the
+first of --cross-ranks, the same synthetic data and GLOBAL batch, each configuration in fresh processes whose
+intra- and inter-op thread pools are set at start-up:
+
+    scaling_train_examples_per_s   model.fit examples/s (global batch x steps / seconds; best window, median too)
+                                   for "1 worker x 1 thread", "1 worker x 2 threads" (strategy default) and
+                                   "2 workers x 1 thread" (multi_worker: two processes on 127.0.0.1, TF_CONFIG)
+    scaling_speedup                2 workers x 1 thread over 1 worker x 1 thread (target >= 1.6), and over
+                                   1 worker x 2 threads (the same two cores used by threads instead of workers)
+    scaling_efficiency             the first speedup / 2 workers
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import record
+from ranking import distribute
 from ranking.config import NetConfig, TrainConfig
 from ranking.fit import compile_model
 from ranking.models import build_model, matmul_flops_per_example
@@ -188,6 +205,94 @@ def step_breakdown(model, batch, steps: int = 10) -> dict[str, float]:
     return {kind: ps / steps / 1e9 for kind, ps in totals.items()}
 
 
+# ---------------------------------------------------------------------------------------------- scaling
+
+SCALING = ((1, 1), (1, 2), (2, 1))  # (workers, threads per worker)
+
+
+def scaling_worker(args) -> None:
+    """One process of a scaling configuration: train on its share of each global batch, then (the chief) print
+    the fit rates as one JSON line. Threads are set before TensorFlow runs its first op."""
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    kind = "multi_worker" if "TF_CONFIG" in os.environ else "default"
+    strategy = distribute.make_strategy(kind)
+    split, spec, vocabularies = synthetic_data(args.rows)
+    prep = _preprocessing(split, spec, vocabularies)
+    tf.keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = build_model(args.models[0], spec, prep, NetConfig(cross_projection_dim=args.cross_ranks[0]))
+        compile_model(model, TrainConfig(batch_size=args.batch, strategy=kind))
+
+    def dataset(context):
+        return make_dataset(split, spec, args.batch, shuffle=True,
+                            replicas=distribute.input_replicas(context)).repeat()
+
+    data = strategy.distribute_datasets_from_function(dataset)
+    model.fit(data, epochs=1, steps_per_epoch=3, verbose=0)  # trace and warm up
+    rates = []
+    for _ in range(args.windows):
+        started = time.perf_counter()
+        model.fit(data, epochs=1, steps_per_epoch=args.steps, verbose=0)
+        rates.append(args.steps * args.batch / (time.perf_counter() - started))
+    if distribute.is_chief(strategy):
+        print(json.dumps({"scaling_rates": rates}), flush=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def scaling_rates(args, workers: int, threads: int) -> list[float]:
+    """The chief's fit rates (examples/s per window) of `workers` fresh processes with `threads` threads each."""
+    command = [sys.executable, "-m", "benchmarks.ranking_bench", "--scaling-worker", "--threads", str(threads),
+               "--rows", str(args.rows), "--batch", str(args.batch), "--steps", str(args.steps),
+               "--windows", str(args.windows), "--models", args.models[0], "--cross-ranks", str(args.cross_ranks[0])]
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    procs = []
+    for index in range(workers):
+        env = dict(os.environ)
+        if workers > 1:
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses},
+                                           "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      cwd=Path(__file__).resolve().parents[1]))
+    outputs = [p.communicate()[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        if p.returncode:
+            raise RuntimeError(f"scaling worker ({workers} x {threads}) failed:\n{out[-3000:]}")
+    lines = [line for out in outputs for line in out.splitlines() if line.startswith('{"scaling_rates"')]
+    return json.loads(lines[0])["scaling_rates"]
+
+
+def scaling(args) -> None:
+    """Data-parallel training rates of SCALING's configurations and the speedups (see the module docstring)."""
+    config = (f"{args.models[0]}, cross rank {args.cross_ranks[0]}, design-shape 26 ids x 100k, 13 dense, "
+              f"3x256 emb, {args.rows} rows, global batch {args.batch}, {os.cpu_count()} cores")
+    extra = {"load_avg_1min": round(os.getloadavg()[0], 2)}
+    best = {}
+    for workers, threads in SCALING:
+        rates = scaling_rates(args, workers, threads)
+        top, median = _best_and_median(rates)
+        best[workers, threads] = top
+        name = f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+        record("ranking", "scaling_train_examples_per_s", round(top), "examples/s", f"{name}, {config}",
+               median=round(median), workers=workers, threads_per_worker=threads, **extra)
+    speedup = best[2, 1] / best[1, 1]
+    record("ranking", "scaling_speedup", round(speedup, 2), "x", f"2 workers x 1 thread over 1 worker x 1 thread, "
+           f"{config}", target=1.6, **extra)
+    record("ranking", "scaling_speedup", round(best[2, 1] / best[1, 2], 2), "x",
+           f"2 workers x 1 thread over 1 worker x 2 threads, {config}", **extra)
+    record("ranking", "scaling_efficiency", round(speedup / 2, 2), "fraction",
+           f"2 workers x 1 thread over 2 x (1 worker x 1 thread), {config}", **extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-profile", dest="profile", action="store_false",
@@ -202,7 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cross-ranks", nargs="+", type=int, default=[0, 64],
                         help="cross_projection_dim values: 0 = full rank (the default; the design's ~4.5 MFLOP "
                              "shape), 64 = the low-rank option")
+    parser.add_argument("--scaling", action="store_true",
+                        help="measure 1 worker x 1 thread, 1 worker x 2 threads and 2 workers x 1 thread instead")
+    parser.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)  # one --scaling process
+    parser.add_argument("--windows", type=int, default=5, help="timing windows per measurement")
     args = parser.parse_args(argv)
+    if args.scaling_worker:
+        scaling_worker(args)
+        return 0
+    if args.scaling:
+        scaling(args)
+        return 0
     _setup_threads(args.threads)
     cores = f"{args.threads} threads on {os.cpu_count()} cores"
     config = f"design-shape 26 ids x 100k, 13 dense, 3x256 emb, batch {args.batch}, {cores}"

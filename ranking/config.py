@@ -144,7 +144,14 @@ class TrainConfig:
     calibration: Literal["platt", "bias", "none"] = "platt"
     eval_batch_size: int = 16384
     steps_per_execution: int = 16  # training steps per call into the compiled graph (less Python per step)
-    resume: bool = True  # continue from a matching checkpoint
+    resume: bool = True  # continue from a matching checkpoint (also one written under another strategy)
+    # tf.distribute (ranking/distribute.py, docs/scaling.md): default (one process); mirrored (one replica per local
+    # GPU, else the CPU); multi_worker (MultiWorkerMirroredStrategy: one process per worker, the cluster and this
+    # process's task in TF_CONFIG; each worker trains on its share of every global batch). batch_size is always
+    # the GLOBAL batch: a batch that does not divide by the replicas gives the first ones one row more, and the
+    # loss is divided by the global row count, so any strategy follows the single-process gradients. Only the
+    # chief writes checkpoints (shared checkpoint_dir: every worker resumes from it) and MLflow runs.
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.steps_per_execution < 1:

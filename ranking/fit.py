@@ -5,6 +5,14 @@ decay on plateau, atomic resumable checkpoints, then Platt calibration on the va
     fit_model(model, data, cfg, seed, ckpt)   -> FitResult; resumes from ckpt/state when its fingerprint matches
     predict(model, split, spec)               -> P(click) as float64 numpy
     restore_final(model, ckpt)                the trained, calibrated weights of a finished run
+    local_copy(model)                         a model trained under a strategy, rebuilt outside it
+
+Under tf.distribute (train.strategy, ranking/distribute.py) the caller builds and compiles the model inside
+`strategy.scope()`; fit_model then feeds each worker its share of every global batch, makes the workers agree on
+the validation AUC (so they stop and decay the learning rate together) and lets only the chief write checkpoints:
+the others write theirs to a temporary folder that is deleted at once (saving a distributed model's metric
+variables is a collective every worker must join). Every worker resumes from the chief's checkpoint_dir, which
+must therefore be on a filesystem they all read.
 
 Checkpoints (`<checkpoint_dir>/state/` after every epoch, `best/` at every improvement, `final/` once trained and
 calibrated) are written to a temporary folder and renamed into place, so a killed run leaves the previous complete
@@ -18,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,10 +36,11 @@ import numpy as np
 
 from core import metrics
 from core.files import staged_folder
+from ranking import distribute
 from ranking.calibration import fit_calibration, logit, sigmoid
 from ranking.config import TrainConfig
-from ranking.models import PCTRModel
-from ranking.pipeline import make_dataset
+from ranking.models import PCTRModel, build_model
+from ranking.pipeline import make_dataset, split_columns
 from ranking.sparse_optim import RowSparseOptimizer
 from ranking.tf_legacy_keras import tf
 from ranking.training_set import FeatureSpec, Split, TrainingSet
@@ -53,6 +63,7 @@ def compile_model(model: PCTRModel, cfg: TrainConfig) -> None:
     # steps_per_execution: one Python round trip per that many steps (the step itself is unchanged).
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate, jit_compile=False),
                   steps_per_execution=cfg.steps_per_execution)
+    model.replica_batch_rows = -(-cfg.batch_size // model.distribute_strategy.num_replicas_in_sync)
     if cfg.table_optimizer != "keras_adam":
         model.table_optimizer = RowSparseOptimizer(cfg.table_optimizer, model.id_embedding.table,
                                                    cfg.table_learning_rate)
@@ -64,8 +75,7 @@ def compile_model(model: PCTRModel, cfg: TrainConfig) -> None:
 
 def predict(model: PCTRModel, split: Split, spec: FeatureSpec, batch_size: int = 16384) -> np.ndarray:
     """P(click) for every row of `split`, in row order, float64."""
-    ds = make_dataset(split, spec, batch_size, labels=False)
-    logits = model.predict(ds, verbose=0)
+    logits = model.predict_logits(make_dataset(split, spec, batch_size, labels=False))
     return sigmoid(np.asarray(logits, dtype=np.float64).reshape(-1))
 
 
@@ -89,7 +99,12 @@ def _checkpoint(model: PCTRModel) -> tf.train.Checkpoint:
 
 def _save(folder: Path, model: PCTRModel, state: dict) -> None:
     """Swap a complete checkpoint into `folder`; the previous one waits under the fixed `.old` name during the swap
-    so that _complete finds it after a crash between the two renames."""
+    so that _complete finds it after a crash between the two renames. A worker other than the chief writes to a
+    temporary folder and deletes it (it must join the save's collectives, but the checkpoint is the chief's)."""
+    if not distribute.is_chief(model.distribute_strategy):
+        with tempfile.TemporaryDirectory(prefix="ranking-worker-ckpt-") as tmp:
+            _checkpoint(model).write(str(Path(tmp) / "ckpt"))
+        return
     with staged_folder(folder, old=folder.with_name(f"{folder.name}.old")) as tmp:
         _checkpoint(model).write(str(tmp / "ckpt"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -101,8 +116,9 @@ def _restore(folder: Path, model: PCTRModel) -> dict:
 
 
 def fingerprint(model: PCTRModel, cfg: TrainConfig, data: TrainingSet, seed: int) -> str:
-    """What must match for a checkpoint to be resumed: model, optimisation (except epochs), data, seed."""
-    skip = ("epochs", "resume", "eval_batch_size", "calibration", "steps_per_execution")
+    """What must match for a checkpoint to be resumed: model, optimisation (except epochs), data, seed. Not the
+    strategy: every strategy trains on the same global batches, so a run may resume under another one."""
+    skip = ("epochs", "resume", "eval_batch_size", "calibration", "steps_per_execution", "strategy")
     train_cfg = {k: v for k, v in asdict(cfg).items() if k not in skip}
     payload = {"kind": model.kind, "net": asdict(model.net), "train": train_cfg, "spec": data.spec.to_dict(),
                "rows": {k: len(v) for k, v in data.splits.items()}, "path": str(data.path), "seed": seed}
@@ -137,7 +153,9 @@ class _EpochEnd(tf.keras.callbacks.Callback):
         valid = self.data["valid"]
         p = predict(self.model, valid, self.data.spec, self.cfg.eval_batch_size)
         y = valid.labels
-        valid_auc, valid_logloss = metrics.auc(y, p), metrics.logloss(y, p)
+        # every worker must take the same decisions below: one worker's AUC for all
+        valid_auc = distribute.agree(self.model.distribute_strategy, metrics.auc(y, p))
+        valid_logloss = metrics.logloss(y, p)
         s = self.state
         if valid_auc > s["best_valid_auc"] + self.cfg.min_delta:
             s.update(best_valid_auc=valid_auc, best_epoch=epoch, wait=0, plateau_wait=0)
@@ -176,8 +194,11 @@ def fit_model(model: PCTRModel, data: TrainingSet, cfg: TrainConfig, seed: int =
     """Train `model` (built, compiled) on data["train"], early-stopping on data["valid"]; ends with the best weights.
 
     With checkpoint_dir and cfg.resume, a previous run with the same fingerprint continues where it stopped
-    (a finished one is just restored); a checkpoint with another fingerprint is replaced.
+    (a finished one is just restored, whatever strategy wrote it); a checkpoint with another fingerprint is
+    replaced. Under a strategy, `model` was built in its scope and this worker trains on its share of each batch.
     """
+    strategy = model.distribute_strategy
+    chief = distribute.is_chief(strategy)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     key = fingerprint(model, cfg, data, seed)
     state = {"fingerprint": key, "epoch": 0, "best_valid_auc": -1.0, "best_epoch": -1, "wait": 0,
@@ -190,14 +211,23 @@ def fit_model(model: PCTRModel, data: TrainingSet, cfg: TrainConfig, seed: int =
             state = _restore(found, model)
             result.resumed_from = state["epoch"]
             _set_learning_rates(model, state["learning_rate"], state["table_learning_rate"])
-        elif ckpt.exists():
+        elif ckpt.exists() and chief:
             shutil.rmtree(ckpt)
+        if distribute.agree(strategy, state["epoch"]) != state["epoch"]:
+            raise RuntimeError(f"worker {distribute.worker(strategy)[0]} found a checkpoint after epoch "
+                               f"{state['epoch']} under {ckpt}, another worker a different one: every worker must "
+                               f"read the chief's checkpoint_dir (a shared filesystem)")
     callback = _EpochEnd(data, cfg, state, ckpt, on_epoch, result)
     started = time.perf_counter()
     if state["epoch"] < cfg.epochs and not state["stopped"]:
-        train = make_dataset(data["train"], data.spec, cfg.batch_size, shuffle=True, seed=seed,
-                             start_epoch=state["epoch"])
-        model.fit(train, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=[callback], verbose=0)
+        split_columns(data["valid"], data.spec)  # now, not inside fit's strategy scope (the callback reads it)
+        def train(context):  # this worker's input pipeline: its replicas' shares of every global batch
+            return make_dataset(data["train"], data.spec, cfg.batch_size, shuffle=True, seed=seed,
+                                start_epoch=state["epoch"], replicas=distribute.input_replicas(context)).repeat()
+
+        # One iterator over the repeated dataset for the whole fit (each pass draws the next epoch's permutation).
+        model.fit(strategy.distribute_datasets_from_function(train), epochs=cfg.epochs, initial_epoch=state["epoch"],
+                  steps_per_epoch=-(-len(data["train"]) // cfg.batch_size), callbacks=[callback], verbose=0)
     result.seconds = time.perf_counter() - started
     if result.epochs_run:
         result.train_examples_per_s = len(data["train"]) * result.epochs_run / result.seconds
@@ -216,6 +246,18 @@ def fit_model(model: PCTRModel, data: TrainingSet, cfg: TrainConfig, seed: int =
     if ckpt is not None:  # the model as trained and calibrated: what restore_final() loads
         _save(ckpt / "final", model, {"best_epoch": result.best_epoch, "calibration": list(result.calibration)})
     return result
+
+
+def local_copy(model: PCTRModel) -> PCTRModel:
+    """The model rebuilt outside any strategy with the trained (and calibrated) weights: what the chief evaluates
+    and exports alone, without the collectives a distributed model's variables would start. Call it outside
+    `strategy.scope()`."""
+    clean = build_model(model.kind, model.spec, model.prep, model.net)
+    # What inference reads: the trainable weights (same layers, same order) and the calibration.
+    for target, source in zip(clean.trainable_variables, model.trainable_variables, strict=True):
+        target.assign(source.read_value())
+    clean.calibration.assign(model.calibration.read_value())
+    return clean
 
 
 def restore_final(model: PCTRModel, checkpoint_dir: str | Path) -> dict:

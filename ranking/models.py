@@ -26,17 +26,42 @@ Loss and metrics go through a `tfrs.tasks.Ranking` task.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ranking.config import MODEL_KINDS, NetConfig
+from ranking.distribute import sum_over_replicas, sum_row_gradients
+from ranking.pipeline import input_signature
 from ranking.preprocessing import Preprocessing
+from ranking.sparse_optim import gather_rows
 from ranking.tf_legacy_keras import tf, tfrs
 from ranking.training_set import FeatureSpec
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Layers: raw features -> fused ids and normalised dense; the id table; tower A; tower B.
+
+
+def _mix32(h):
+    """murmur3's 32-bit finaliser on uint32 tensors: a bijection that spreads every input bit over the output."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16)) * tf.constant(0x85EBCA6B, tf.uint32)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13)) * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+def id_dropout_draws(local_ids, step, seed: int):
+    """Uniform draws in [0, 1) [B, F], one per id, that depend only on (seed, training step, the row's ids, the
+    feature): no random state. So a row gets the same draws whichever worker trains on it, and a run on several
+    workers drops the ids one worker would have dropped (a stateful generator would draw per worker)."""
+    features = local_ids.shape[1]
+    salt = _mix32(tf.cast(tf.range(1, features + 1), tf.uint32) * tf.constant(0x9E3779B9, tf.uint32))  # [F]
+    xor = tf.bitwise.bitwise_xor
+    key = _mix32(xor(tf.cast(local_ids, tf.uint32), salt))  # [B, F]: each id hashed with its feature
+    row = tf.reduce_sum(key, axis=1, keepdims=True)  # [B, 1], wraps mod 2^32: the row's fingerprint
+    step_key = _mix32(xor(tf.cast(step, tf.uint32), tf.constant(seed & 0xFFFFFFFF, tf.uint32)))
+    draws = _mix32(xor(_mix32(xor(row, step_key)), salt))  # [B, F]
+    return tf.cast(tf.bitwise.right_shift(draws, 8), tf.float32) / 2.0 ** 24
 
 
 class FeatureEncoder(tf.keras.layers.Layer):
@@ -45,6 +70,7 @@ class FeatureEncoder(tf.keras.layers.Layer):
     def __init__(self, spec: FeatureSpec, prep: Preprocessing, id_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.spec, self.prep, self.id_dropout = spec, prep, id_dropout
+        self.dropout_seed = int(np.random.randint(2**31))  # from the seed of set_random_seed
         self.lookups, offsets, total = [], [], 0
         for name in spec.ids:
             vocab = prep.vocabularies[name]
@@ -62,13 +88,15 @@ class FeatureEncoder(tf.keras.layers.Layer):
         self.mean = tf.constant(prep.mean, tf.float32)
         self.std = tf.constant(prep.std, tf.float32)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, step=0):
         ids = [tf.cast(lookup(inputs[name]), tf.int64) for name, lookup in zip(self.spec.ids, self.lookups)]
         local = tf.stack(ids, axis=1)  # [B, F], per-feature indices; 0..oov_buckets-1 are the OOV rows
         if training and self.id_dropout:
             # Send a random share of the ids to their OOV row, so the OOV rows learn what an unseen id (a new
-            # product, a tail query) looks like; otherwise they keep their random initial values.
-            local = tf.where(tf.random.uniform(tf.shape(local)) < self.id_dropout, tf.zeros_like(local), local)
+            # product, a tail query) looks like; otherwise they keep their random initial values. The draws
+            # change with `step` (train_step passes the optimizer's step count).
+            dropped = id_dropout_draws(local, step, self.dropout_seed) < self.id_dropout
+            local = tf.where(dropped, tf.zeros_like(local), local)
         fused = local + tf.constant(self.offsets, tf.int64)  # [B, F] rows of the fused table
         columns = {}
         for name in self.spec.dense:
@@ -105,7 +133,9 @@ class FusedIdEmbedding(tf.keras.layers.Layer):
             initializer=embedding_initializer(self.initializer, self.scale), trainable=True)
 
     def call(self, fused_ids):
-        return tf.gather(self.table, fused_ids)  # [B, F] -> [B, F, d]
+        # In place, also for a mirrored table (tf.distribute): tf.gather would copy it whole every step (measured:
+        # most of a multi-worker step).
+        return gather_rows(self.table, fused_ids)  # [B, F] -> [B, F, d]
 
 
 def embedding_initializer(name: str, scale: float):
@@ -230,17 +260,21 @@ class PCTRModel(tfrs.models.Model):
         base = min(max(prep.base_rate, 1e-4), 1 - 1e-4)
         self.logit_layer = tf.keras.layers.Dense(
             1, name="logit", bias_initializer=tf.keras.initializers.Constant(math.log(base / (1 - base))))
+        # A summed loss, divided by the batch's row count in compute_loss: under tf.distribute that count is the
+        # global batch's, so the replicas' gradients add up to the single-process gradient.
         self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
         # logit -> a * logit + b at inference, fitted on the validation split after training (identity before).
         self.calibration = tf.Variable([1.0, 0.0], trainable=False, name="calibration")
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")  # the epoch's mean loss (Keras resets it per epoch)
         self.table_optimizer = None  # set by ranking.fit.compile_model
+        self._logits_fn = None  # predict_logits's compiled call, made at its first use
+        self.replica_batch_rows = 0  # the most rows one replica's batch can hold (set by ranking.fit.compile_model)
 
-    def forward(self, inputs, training=False):
-        """(logits [B], the id-embedding rows used [B, F, d])."""
-        fused, dense = self.encoder(inputs, training=training)
+    def forward(self, inputs, training=False, step=0):
+        """(logits [B], the id-embedding rows used [B, F, d]); `step` keys the id-dropout draws when training."""
+        fused, dense = self.encoder(inputs, training=training, step=step)
         rows = self.id_embedding(fused)  # [B, F, d]
         x0 = tf.concat([tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]]), dense], axis=1)  # [B, F*d + D']
         content = None
@@ -262,29 +296,53 @@ class PCTRModel(tfrs.models.Model):
         """Calibrated logits [B] (the training loss uses forward's raw logits)."""
         return self.forward(inputs, training=training)[0] * self.calibration[0] + self.calibration[1]
 
-    def compute_loss(self, inputs, training=False):
+    def predict_logits(self, dataset) -> np.ndarray:
+        """Calibrated logits [n] of every batch of `dataset`, in order. A compiled call per batch rather than Keras's
+        predict, which under a multi-worker strategy would split the batches over the workers: this reads the
+        local copy of the weights and gives every worker (and a single process) the same whole answer."""
+        if self._logits_fn is None:
+            signature = {name: input_signature(self.spec, name) for name in self.spec.inputs}  # any batch length
+            # A partial rather than a lambda: TensorFlow counts traces per code object, and every new model
+            # tracing its own function once would read as "excessive retracing".
+            self._logits_fn = tf.function(functools.partial(PCTRModel._inference, self), input_signature=[signature])
+        return np.concatenate([self._logits_fn(features).numpy() for features in dataset] or [np.zeros(0)])
+
+    def _inference(self, features):
+        return self(features, training=False)
+
+    def compute_loss(self, inputs, training=False, batch_rows=None, step=0):
+        """The batch's summed loss over `batch_rows` (default: this batch's rows; in training, the global batch's)."""
         features, labels = inputs
-        logits, rows = self.forward(features, training=training)
+        logits, rows = self.forward(features, training=training, step=step)
+        if batch_rows is None:
+            batch_rows = tf.cast(tf.shape(labels)[0], tf.float32)
         loss = self.task(labels=labels[:, None], predictions=logits[:, None], training=training,
                          compute_metrics=not training)
         if self.net.embedding_l2:
-            loss += self.net.embedding_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(rows), axis=[1, 2]))
-        return loss
+            loss += self.net.embedding_l2 * tf.reduce_sum(tf.square(rows))
+        return tf.math.divide_no_nan(loss, batch_rows)
 
     def train_step(self, inputs):
+        """One step on this replica's share of the global batch. Under tf.distribute, Keras's optimizer all-reduces
+        the dense gradients and sum_row_gradients gathers the id table's, so every replica applies the same
+        row-sparse update to its copy of the table (ranking/distribute.py)."""
         table = self.id_embedding.table
         sparse = self.table_optimizer is not None
+        batch_rows = sum_over_replicas(tf.cast(tf.shape(inputs[1])[0], tf.float32))
         with tf.GradientTape() as tape:
-            loss = self.compute_loss(inputs, training=True)
-            total = loss + tf.add_n(self.losses) if self.losses else loss
+            loss = self.compute_loss(inputs, training=True, batch_rows=batch_rows, step=self.optimizer.iterations)
+            # regularisation losses are per replica: scaled so that their sum over replicas counts once
+            total = loss + tf.nn.scale_regularization_loss(tf.add_n(self.losses)) if self.losses else loss
         variables = [v for v in self.trainable_variables if not (sparse and v is table)]
         if sparse:  # the table last: its gradient is an IndexedSlices over the rows this batch used
             grads = tape.gradient(total, variables + [table])
             self.optimizer.apply_gradients(zip(grads[:-1], variables))
-            self.table_optimizer.apply(grads[-1], table)
+            capacity = self.replica_batch_rows * len(self.spec.ids)  # (row, feature) pairs of a replica's batch
+            self.table_optimizer.apply(sum_row_gradients(grads[-1], capacity), table)
         else:  # Keras's optimizer on everything (sweeps the whole table: for comparison only)
             grads = tape.gradient(total, variables)
             self.optimizer.apply_gradients(zip(grads, variables))
+        # this replica's share of the global batch's mean loss: Keras sums the replicas' logs (its 'auto' reduction)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

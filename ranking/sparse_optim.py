@@ -9,7 +9,8 @@ IndexedSlices over the rows the batch touched, so these optimizers update only t
 - `lazy_adam`: Adam moments read, updated and written back for the touched rows only (TF-Addons' LazyAdam).
 
 The learning rate is a variable so learning-rate decay on plateau reaches it, and the slots are variables created
-up front, so `tf.train.Checkpoint` restores them directly.
+up front, so `tf.train.Checkpoint` restores them directly. Under tf.distribute (ranking/distribute.py) every
+replica applies the same, already summed gradient to its own copy of the table and slots.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from __future__ import annotations
 from ranking.tf_legacy_keras import tf
 
 KINDS = ("lazy_adam", "adagrad", "sgd")
+
+
+def gather_rows(variable: tf.Variable, rows):
+    """variable[rows], read in place. For a mirrored variable (tf.distribute) this replica's copy is read:
+    tf.gather would read the whole mirrored variable first, a full copy of the table per step."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        variable = variable._get_on_device_or_primary()
+    return tf.gather(variable, rows)
 
 
 class RowSparseOptimizer(tf.Module):
@@ -52,13 +61,13 @@ class RowSparseOptimizer(tf.Module):
         rows, position = tf.unique(grad.indices)
         g = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0])
         if self.kind == "adagrad":
-            acc = tf.gather(self.accumulator, rows) + tf.square(g)
+            acc = gather_rows(self.accumulator, rows) + tf.square(g)
             self.accumulator.scatter_update(tf.IndexedSlices(acc, rows))
             table.scatter_sub(tf.IndexedSlices(self.learning_rate * g * tf.math.rsqrt(acc), rows))
             return
         t = tf.cast(self.iterations, tf.float32)
-        m = self.beta_1 * tf.gather(self.m, rows) + (1.0 - self.beta_1) * g
-        v = self.beta_2 * tf.gather(self.v, rows) + (1.0 - self.beta_2) * tf.square(g)
+        m = self.beta_1 * gather_rows(self.m, rows) + (1.0 - self.beta_1) * g
+        v = self.beta_2 * gather_rows(self.v, rows) + (1.0 - self.beta_2) * tf.square(g)
         self.m.scatter_update(tf.IndexedSlices(m, rows))
         self.v.scatter_update(tf.IndexedSlices(v, rows))
         lr = self.learning_rate * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t))

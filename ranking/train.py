@@ -17,6 +17,10 @@ printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNN
 by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`), reloaded and checked to give
 the same predictions (ranking/serving/contract.py).
 
+Several workers (train.strategy=multi_worker, TF_CONFIG set in each process; docs/scaling.md) run this same command:
+every worker trains the neural models in the same order on its share of each global batch; the chief alone fits
+the baselines, evaluates, writes checkpoints, exports and logs to MLflow (the others log nothing).
+
 Every input check (missing feature, NaN policy, embedding width, empty split, unknown config key) runs before
 the first run is opened. MLflow: `sqlite:///mlruns/mlflow.db` unless MLFLOW_TRACKING_URI says otherwise;
 `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows the comparison.
@@ -92,8 +96,9 @@ class SharedInputs:
     """What every model run of one experiment shares: the data, a train sample for train metrics, the slices, the
     oracle and the train-only preprocessing of the neural models."""
 
-    def __init__(self, cfg: RankingConfig, data: TrainingSet):
+    def __init__(self, cfg: RankingConfig, data: TrainingSet, strategy=None):
         self.cfg, self.data = cfg, data
+        self.strategy = strategy  # the tf.distribute strategy of the neural models (None: no neural model)
         train = data["train"]
         rows = np.arange(len(train))
         if cfg.eval_train_rows and len(train) > cfg.eval_train_rows:
@@ -162,16 +167,27 @@ def _fit_baseline(name: str, seed: int, shared: SharedInputs):
     return values, test_scores, None
 
 
-def _fit_neural(name: str, seed: int, shared: SharedInputs):
-    # TensorFlow only in runs that train a neural model: a baselines-only run never imports it.
-    from ranking.fit import compile_model, fit_model, predict
-    from ranking.models import build_model, matmul_flops_per_example
+def _train_neural(name: str, seed: int, shared: SharedInputs, on_epoch=None):
+    """(model, FitResult): built and compiled in the strategy's scope, then trained (this worker's share)."""
+    from ranking.fit import compile_model, fit_model
+    from ranking.models import build_model
     from ranking.tf_legacy_keras import tf
 
     cfg = shared.cfg
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(name, shared.data.spec, shared.preprocessing(), cfg.net)
-    compile_model(model, cfg.train)
+    with shared.strategy.scope():
+        model = build_model(name, shared.data.spec, shared.preprocessing(), cfg.net)
+        compile_model(model, cfg.train)
+    ckpt = _checkpoint_root(cfg) / cfg.name / name / f"seed{seed}"
+    return model, fit_model(model, shared.data, cfg.train, seed, ckpt, on_epoch), ckpt
+
+
+def _fit_neural(name: str, seed: int, shared: SharedInputs):
+    # TensorFlow only in runs that train a neural model: a baselines-only run never imports it.
+    from ranking.fit import local_copy, predict
+    from ranking.models import matmul_flops_per_example
+
+    cfg = shared.cfg
 
     def on_epoch(epoch: int, row: dict) -> None:
         mlflow.log_metrics(row, step=epoch)
@@ -179,8 +195,9 @@ def _fit_neural(name: str, seed: int, shared: SharedInputs):
               f"{row['epoch/valid_auc']:.4f}  logloss {row['epoch/valid_logloss']:.4f}  "
               f"{row['epoch/train_examples_per_s']:.0f} examples/s", flush=True)
 
-    ckpt = _checkpoint_root(cfg) / cfg.name / name / f"seed{seed}"
-    fit = fit_model(model, shared.data, cfg.train, seed, ckpt, on_epoch)
+    model, fit, ckpt = _train_neural(name, seed, shared, on_epoch)
+    if cfg.train.strategy != "default":  # evaluate and export a plain copy: no collectives on the chief alone
+        model = local_copy(model)
     if fit.resumed_from:
         print(f"  [{name} seed {seed}] resumed from the checkpoint after epoch {fit.resumed_from} ({ckpt})")
         mlflow.set_tag("resumed_from_epoch", fit.resumed_from)
@@ -192,6 +209,18 @@ def _fit_neural(name: str, seed: int, shared: SharedInputs):
     if fit.epochs_run:
         values["train_examples_per_s"] = fit.train_examples_per_s
     return values, test_scores, model
+
+
+def _train_as_worker(shared: SharedInputs) -> None:
+    """A worker other than the chief: the chief's sequence of neural fits (models, then seeds), nothing else."""
+    from ranking.distribute import worker
+
+    cfg = shared.cfg
+    for name in cfg.models:
+        if name in NEURAL:
+            for k in range(cfg.seeds):
+                print(f"[{name}] seed {cfg.seed + k}: training as worker {worker(shared.strategy)[0]}", flush=True)
+                _train_neural(name, cfg.seed + k, shared)
 
 
 def _aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
@@ -353,8 +382,9 @@ def _export(cfg: RankingConfig, shared: SharedInputs, result: ModelResult, paren
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def run_experiment(cfg: RankingConfig) -> ExperimentResult:
-    """The whole experiment; see the module docstring. Input errors raise before any MLflow run exists."""
+def run_experiment(cfg: RankingConfig) -> ExperimentResult | None:
+    """The whole experiment; see the module docstring. Input errors raise before any MLflow run exists.
+    None on a worker other than the chief (it trains, the chief reports)."""
     folder = resolve_training_set(cfg.data, cfg.embedding_version, cfg.training_set)
     use_embeddings = any(MODEL_KINDS[m]["content"] != "none" for m in cfg.models if m in MODEL_KINDS)
     data = load_training_set(folder, cfg.features, use_embeddings=use_embeddings, max_rows=cfg.max_rows,
@@ -365,11 +395,18 @@ def run_experiment(cfg: RankingConfig) -> ExperimentResult:
         if missing:
             raise TrainingSetError(f"baselines: {name} uses {', '.join(missing)}, which features.id_features "
                                    f"does not list")
-    if cfg.threads and any(m in NEURAL for m in cfg.models):
+    strategy = None
+    if any(m in NEURAL for m in cfg.models):
+        from ranking.distribute import is_chief, make_strategy
         from ranking.tf_legacy_keras import tf  # TensorFlow only when a neural model is trained
 
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-    shared = SharedInputs(cfg, data)
+        if cfg.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        strategy = make_strategy(cfg.train.strategy)  # before any other TF op (multi_worker needs that)
+        if not is_chief(strategy):
+            _train_as_worker(SharedInputs(cfg, data, strategy))
+            return None
+    shared = SharedInputs(cfg, data, strategy)
     print(f"training set {folder}: " + ", ".join(f"{s} {len(data[s]):,} rows" for s in data.splits) +
           f"; embedding_version {data.embedding_version}", flush=True)
 
