@@ -5,7 +5,8 @@
 For each data set and fold, `ranking.prepare` writes the fold (test = fold k, valid = 10% of the rest, the same
 rows for every library), then:
     ours      python -m ranking.train's run_experiment: dcn (DCN-V2 matrix cross), dcn with the original vector
-              cross (`dcn_vector`), logistic_regression (C chosen on valid) and gbdt
+              cross (`dcn_vector`), the same network without cross layers (`dnn`), logistic_regression (C chosen
+              on valid) and gbdt
     peers     benchmarks/peers/<lib>_run.py in its own virtualenv (.bench-venvs/<lib>, made by
               benchmarks/peers/setup_venvs.sh; never a project dependency) on the same parquet files: DCN, DNN, LR
 Test AUC and log loss, mean and spread over folds x seeds, go to benchmarks/results/ctr_bench.md (and one JSON line
@@ -52,15 +53,19 @@ def run_ours(folder: Path, seed: int, tmp: Path) -> dict[str, dict[str, float]]:
 
     out = {}
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-    for label, extra in (("", []), ("_vector", ["net.cross_type=vector"])):
-        models = "[base_rate, logistic_regression, gbdt, dcn]" if not label else "[dcn]"
+    # (variant, models, overrides): the dcn network again with the original vector cross, and with no cross at all
+    # (the DNN the peers also run)
+    variants = (("", "[base_rate, logistic_regression, gbdt, dcn]", []),
+                ("dcn_vector", "[dcn]", ["net.cross_type=vector"]),
+                ("dnn", "[dcn]", ["net.cross_layers=0"]))
+    for variant, models, extra in variants:
         cfg = load_config(RankingConfig, folder / "ranking.yaml",
                           [f"models={models}", f"seed={seed}", "plots=false", "bootstrap_samples=0",
-                           f"checkpoint_dir={tmp / ('ckpt' + label)}", "train.resume=false", "threads=2"] + extra)
+                           f"checkpoint_dir={tmp / ('ckpt' + variant)}", "train.resume=false", "threads=2"] + extra)
         result = run_experiment(cfg)
         for name, r in result.models.items():
-            out[f"{name}{label}"] = {"auc": r.metrics["test/auc"], "logloss": r.metrics["test/logloss"],
-                                     "fit_seconds": r.metrics.get("fit_seconds", float("nan"))}
+            out[variant or name] = {"auc": r.metrics["test/auc"], "logloss": r.metrics["test/logloss"],
+                                    "fit_seconds": r.metrics.get("fit_seconds", float("nan"))}
     return out
 
 
