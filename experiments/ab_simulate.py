@@ -538,7 +538,8 @@ def track(cfg: AbSimConfig, log: pd.DataFrame, truth: dict, interleaving: dict |
             metrics.update({"interleaving/delta": interleaving["preference"]["delta"],
                             "interleaving/p_value": interleaving["preference"]["p_value"],
                             "users_needed/ratio": interleaving["users_needed"]["ratio"],
-                            "users_needed/ratio_se": interleaving["users_needed"]["ratio_se"]})
+                            "users_needed/ratio_ci_low": interleaving["users_needed"]["ratio_ci"][0],
+                            "users_needed/ratio_ci_high": interleaving["users_needed"]["ratio_ci"][1]})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
         plots = out / "plots"
         plots.mkdir(exist_ok=True)
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     if "interleaving" in summary:
         u = summary["interleaving"]["users_needed"]
         print(f"users needed (80% power): A/B {u['ab_total']:.0f}, interleaving {u['interleaving']:.0f}, "
-              f"ratio {u['ratio']:.2f} ± {u['ratio_se']:.2f}")
+              f"ratio {u['ratio']:.2f} [95% bootstrap interval {u['ratio_ci'][0]:.2f}, {u['ratio_ci'][1]:.2f}]")
     if "report" in summary:
         print(f"report: {summary['report']}")
     return 0
