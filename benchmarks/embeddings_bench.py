@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from embeddings.model import build_model  # noqa: E402
 from embeddings.precompute import precompute  # noqa: E402
 from embeddings.pretrained import load_tokenizer  # noqa: E402
 from embeddings.train import StopTraining, train_stage1, train_stage2  # noqa: E402
+from tests.helpers.ports import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,9 +115,7 @@ def ddp(args) -> int:
         k1, k2 = args.steps
         rates = {}
         for processes in args.processes:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_ports()[0]
             mp.start_processes(_ddp_worker, args=(processes, port, cfg, args.data, work, (k1, k2)),
                                nprocs=processes, start_method="spawn")
             t1, t2 = json.loads((work / "seconds.json").read_text())

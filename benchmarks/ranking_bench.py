@@ -44,7 +44,6 @@ import argparse
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from ranking.training_set import Embeddings, FeatureSpec, Split, dense_features
 
 # after ranking.tf_legacy_keras, which starts TensorFlow with tf-keras
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
+from tests.helpers.ports import free_ports
 
 
 def _setup_threads(threads: int) -> None:
@@ -239,22 +239,12 @@ def scaling_worker(args) -> None:
         print(json.dumps({"scaling_rates": rates}), flush=True)
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def scaling_rates(args, workers: int, threads: int) -> list[float]:
     """The chief's fit rates (examples/s per window) of `workers` fresh processes with `threads` threads each."""
     command = [sys.executable, "-m", "benchmarks.ranking_bench", "--scaling-worker", "--threads", str(threads),
                "--rows", str(args.rows), "--batch", str(args.batch), "--steps", str(args.steps),
                "--windows", str(args.windows), "--models", args.models[0], "--cross-ranks", str(args.cross_ranks[0])]
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     procs = []
     for index in range(workers):
         env = dict(os.environ)

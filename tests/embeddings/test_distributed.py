@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from embeddings.precompute import main as precompute_main
 from embeddings.train import train_stage2
 from tests.conftest import ROOT
 from tests.embeddings.ddp_worker import PRECOMPUTE, one_steps, stage2_cfg
+from tests.helpers.ports import free_ports
 
 RTOL = 1e-5  # the brief's bar: float32 sums in another order differ by a few 1e-7 relative
 
@@ -36,19 +36,13 @@ def test_shard_splits_a_global_batch_like_array_split_with_stand_ins():
     assert shard(1, Ranks(1, 2)) == (slice(0, 1), (1, 0))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tiny_world, tmp_path_factory) -> Path:
     """The folder where `torchrun --nproc_per_node 2 -m tests.embeddings.ddp_worker` wrote its results."""
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(_free_port()), "-m", "tests.embeddings.ddp_worker", str(out), str(tiny_world)],
+                           str(free_ports()[0]), "-m", "tests.embeddings.ddp_worker", str(out), str(tiny_world)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("embedded") == 1  # precompute: rank 0 alone reports (and writes)

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers.ports import free_ports
+
 NOT_FOUND = ("no redis-server binary on PATH: install it (`apt-get install redis-server`, which `make test` runs "
              "where it can) to use the Redis online store here")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -36,7 +31,7 @@ def redis_server(folder: Path, tries: int = 3):
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "redis.log"
     for _ in range(tries):  # another process may take the free port before the server binds it
-        port = _free_port()
+        port = free_ports()[0]
         with open(log_path, "w") as log:
             command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                        "--dir", str(folder)]

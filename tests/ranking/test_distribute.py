@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -23,6 +22,7 @@ from ranking.models import id_dropout_draws
 from ranking.tf_legacy_keras import tf
 from ranking.training_set import load_training_set
 from tests.conftest import ROOT
+from tests.helpers.ports import free_ports
 
 # Two workers sum their gradients in another order than one process summing the whole batch, so float32 results
 # can differ in the last bits, and Adam carries that through the 24 steps. Measured here: max |p_2 workers - p_1|
@@ -30,16 +30,6 @@ from tests.conftest import ROOT
 # (and on AUC) leaves room for other thread counts and CPUs, and is far below what a double-counted gradient or a
 # wrong shard gives (sharding the global batch twice, a bug met while building this, moved predictions by 8e-4).
 TOLERANCE = 1e-5
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def world(tmp_path_factory):
 def two_workers(world, tmp_path_factory):
     """Run tests/ranking/multi_worker_run.py as workers 0 and 1 of a localhost cluster; their .npz outputs."""
     root = tmp_path_factory.mktemp("cluster")
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
