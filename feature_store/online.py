@@ -13,8 +13,8 @@ of Python per request of 100-200 candidates on work a ranker does not need (resp
 The reader follows the rendered repo's online store (FeatureStoreConfig.online_store):
 
     sqlite  one SELECT per feature view on the file Feast writes (rows: entity_key, feature_name, value)
-    redis   one pipeline of HMGETs: a hash per entity key + project, a field per mmh3("<view>:<feature>")
-            (Feast's Redis format, docs/specs/online_store_format.md in the Feast repository)
+    redis   one server-side script of HMGETs, one round trip: a hash per entity key + project, a field per
+            mmh3("<view>:<feature>") (Feast's Redis format, docs/specs/online_store_format.md in the Feast repo)
     other   Feast's OnlineStore.online_read per view (any store Feast supports: slower, same values)
 
 Values are assembled by the same function as the training sets (feature_store.features.assemble) with the same

@@ -168,7 +168,8 @@ def _fit_baseline(name: str, seed: int, shared: SharedInputs):
 
 
 def _train_neural(name: str, seed: int, shared: SharedInputs, on_epoch=None):
-    """(model, FitResult): built and compiled in the strategy's scope, then trained (this worker's share)."""
+    """(model, FitResult, checkpoint folder): built and compiled in the strategy's scope, then trained (this
+    worker's share)."""
     from ranking.fit import compile_model, fit_model
     from ranking.models import build_model
     from ranking.tf_legacy_keras import tf
