@@ -56,9 +56,14 @@ def _timed_steps(cfg, data: Path, stage: int, steps: int, ckpt: Path, ranks: Ran
         shutil.rmtree(ckpt / f"stage{stage}.state", ignore_errors=True)
     started = time.perf_counter()
     try:
-        (train_stage1 if stage == 1 else train_stage2)(run_cfg, data, progress=False, ranks=ranks)
+        final = (train_stage1 if stage == 1 else train_stage2)(run_cfg, data, progress=False, ranks=ranks)
     except StopTraining:
         pass
+    else:  # a run whose epochs hold fewer steps ends early, and a rate from it would be inflated
+        done = len(json.loads((final / "model_config.json").read_text())["history"])
+        if done != steps:
+            raise RuntimeError(f"stage {stage} on {data} ran {done} steps, not {steps}: its epochs hold fewer "
+                               f"(lower --steps, or use a larger world)")
     return time.perf_counter() - started
 
 
