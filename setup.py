@@ -44,7 +44,7 @@ EXTRAS = {
         "nbconvert==7.17.2",  # the notebooks' HTML reports (experiments.ab.report)
     ],
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6"],
-    "dev": ["pytest>=8"],
+    "dev": ["pytest>=8", "hypothesis>=6.100"],  # hypothesis: the hostile-input suite (tests/reliability)
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

@@ -8,6 +8,13 @@
         pq.write_table(table, tmp)
 
 Renames stay on one file system because the staging path is a sibling of the target.
+
+Fault injection for the kill-and-resume tests (tests/reliability): DASHCLIP_KILL_AT="<moment>:<glob>[#n]", with
+several rules separated by ";", makes this process SIGKILL itself at the n-th (default first) atomic write whose
+target path matches the glob (fnmatch on the whole path), at one of these moments:
+    before-rename   the staged file or folder is complete but not yet under its name (a kill mid-write)
+    after-rename    the new file or folder is in place (e.g. right after a checkpoint)
+Unset (always, outside those tests) it costs one dictionary lookup per write.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +53,7 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
     this process; a fixed name lets a restarted process find the previous folder if it was killed between the two
     renames."""
     tmp, target = Path(tmp), Path(target)
+    _fault_point("before-rename", target)
     previous = None
     if target.exists():
         previous = Path(old) if old is not None else target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -51,6 +62,7 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
     os.replace(tmp, target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+    _fault_point("after-rename", target)
 
 
 def _remove_orphans(target: Path) -> None:
@@ -79,7 +91,9 @@ def staged_file(target: str | os.PathLike) -> Iterator[Path]:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        _fault_point("before-rename", target)
         os.replace(tmp, target)
+        _fault_point("after-rename", target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -87,3 +101,21 @@ def staged_file(target: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     with staged_file(path) as tmp:
         tmp.write_text(text)
+
+
+KILL_AT = "DASHCLIP_KILL_AT"
+_fault_hits: Counter[str] = Counter()
+
+
+def _fault_point(moment: str, target: Path) -> None:
+    """SIGKILL this process here if a DASHCLIP_KILL_AT rule names this moment and target (see the module doc)."""
+    rules = os.environ.get(KILL_AT)
+    if not rules:
+        return
+    for rule in rules.split(";"):
+        when, _, rest = rule.strip().partition(":")
+        pattern, _, nth = rest.partition("#")
+        if when == moment and fnmatch(str(target), pattern):
+            _fault_hits[rule] += 1
+            if _fault_hits[rule] == int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
