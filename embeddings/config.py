@@ -18,6 +18,8 @@ MAX_POSITIONS = 512  # position embeddings of the text encoders (BERT's)
 # all-MiniLM-L6-v2's text sizes: init=minilm sets them (ModelConfig.__post_init__), whatever the config says
 MINILM_TEXT_SIZES = {"text_hidden": 384, "text_heads": 12, "text_intermediate": 1536}
 MINILM_LAYERS = 6
+SIZES = ("image_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads", "text_hidden", "text_layers",
+         "text_heads", "text_intermediate", "embed_dim")  # ModelConfig fields that count something: at least 1
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class ModelConfig:
             if not 1 <= self.text_layers <= MINILM_LAYERS:
                 raise ConfigError(f"text_layers={self.text_layers}: init=minilm warm-starts 1 to {MINILM_LAYERS} "
                                   f"layers (all-MiniLM-L6-v2 has {MINILM_LAYERS})")
+        for key in SIZES:  # before the divisibility checks below, which a 0 would turn into ZeroDivisionError
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
         if self.projection_init == "identity" and not self.from_blip_dir and self.embed_dim != self.text_hidden:
             raise ConfigError(f"projection_init=identity needs embed_dim == text_hidden; got embed_dim="
                               f"{self.embed_dim}, text_hidden={self.text_hidden}")
@@ -207,6 +212,10 @@ class EmbeddingConfig:
                     "stage2.chance_check_steps"):
             owner = s2 if key.startswith("stage2.") else self
             if getattr(owner, key.removeprefix("stage2.")) < 0:
+                raise ConfigError(f"EmbeddingConfig: '{key}' must be non-negative")
+        for key in ("stage1.warmup_steps", "stage2.warmup_steps", "eval_every", "threads"):
+            owner = getattr(self, key.split(".")[0]) if "." in key else self
+            if getattr(owner, key.split(".")[-1]) < 0:
                 raise ConfigError(f"EmbeddingConfig: '{key}' must be non-negative")
         if s2.negative_products < 0 or s2.negatives < 0:
             raise ConfigError("EmbeddingConfig: 'stage2.negatives' and 'stage2.negative_products' must be non-negative")

@@ -36,6 +36,10 @@ def test_the_tiny_config_overrides_the_defaults():
     (["checkpoint_every=0"], "'checkpoint_every' must be at least 1"),
     (["stage2.negative_products=2"], "'stage2.negative_products' are negatives of the query -> product direction"),
     (["stage2.symmetric=true", "stage2.negative_products=-1"], "'stage2.negative_products' must be non-negative"),
+    (["stage1.warmup_steps=-1"], "'stage1.warmup_steps' must be non-negative"),
+    (["stage2.warmup_steps=-5"], "'stage2.warmup_steps' must be non-negative"),
+    (["eval_every=-1"], "'eval_every' must be non-negative"),
+    (["threads=-2"], "'threads' must be non-negative"),
 ])
 def test_inconsistent_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -45,6 +49,9 @@ def test_inconsistent_settings_are_refused_by_name(overrides, message):
 
 @pytest.mark.parametrize("sizes, message", [
     ({"image_size": 30}, "image_size=30 must be a multiple of patch_size=8"),
+    ({"patch_size": 0}, "patch_size=0 must be at least 1"),  # was a ZeroDivisionError
+    ({"init": "scratch", "text_heads": 0}, "text_heads=0 must be at least 1"),
+    ({"embed_dim": -3}, "embed_dim=-3 must be at least 1"),
     ({"vision_hidden": 30}, "vision_hidden=30 must be a multiple of vision_heads=4"),
     ({"init": "scratch", "text_heads": 5}, "text_hidden=384 must be a multiple of text_heads=5"),
     ({"max_query_len": 1}, r"max_query_len=1 must be in \[2, 512\]"),
