@@ -62,13 +62,16 @@ def binary_label(values: pd.Series, name: str, source: str) -> np.ndarray:
     """Any integer, float or boolean 0/1 column -> int8; LoaderError naming the bad values otherwise."""
     if values.isna().any():
         raise LoaderError(f"{source}: label '{name}' has {int(values.isna().sum())} empty values")
+    given = values
     if values.dtype == object:
         values = pd.to_numeric(values, errors="coerce")
     v = values.to_numpy(dtype=np.float64)
     bad = ~np.isin(v, (0.0, 1.0))
-    if bad.any():
+    if bad.any():  # the example as the file has it ('yes', 2.0), not as numpy shows it (nan, np.float64(2.0))
+        example = given.to_numpy()[bad][0]
+        example = example.item() if isinstance(example, np.generic) else example
         raise LoaderError(f"{source}: label '{name}' must hold only 0 and 1; found {int(bad.sum())} other value(s), "
-                          f"e.g. {v[bad][0]!r}")
+                          f"e.g. {example!r}")
     return v.astype(np.int8)
 
 

@@ -102,3 +102,15 @@ def test_the_real_criteo_and_avazu_samples_load():
     avazu = load_avazu(root / "avazu" / "train.csv")  # with a header
     assert len(avazu.frame) == 8087 and avazu.frame["ts"].dt.day.unique().tolist() == [21]
     assert len(load_avazu(root / "avazu" / "dev.csv").frame) == 480  # without one
+
+
+@pytest.mark.parametrize("values, example", [
+    ([0, 1, 2.0], "e.g. 2.0"),           # a float as the file has it, not np.float64(2.0)
+    (["0", "1", "yes"], "e.g. 'yes'"),   # text that is not a number: the text, not nan
+])
+def test_binary_label_names_the_bad_value_as_the_file_has_it(values, example):
+    import pandas as pd
+
+    from ranking.loaders import binary_label
+    with pytest.raises(LoaderError, match=f"1 other value\\(s\\), {example}$"):
+        binary_label(pd.Series(values, dtype=object if isinstance(values[0], str) else float), "click", "log.csv")
