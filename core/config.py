@@ -4,7 +4,8 @@
 
 A YAML file holds overrides only. Every key is checked against the dataclass's fields and every value against the
 field's type, so a typo or a wrong type fails with the dotted key and its source (file or override) instead of being
-silently ignored. Values are strict: a str field wants a string (quote `name='2024'`), an int field rejects `true`.
+silently ignored. Values are strict: a str field wants a string (quote `name='2024'`), an int field rejects `true`
+and holds a 64-bit integer (10**30 is refused), a float field holds a finite float (1e400, .inf and .nan are refused).
 Imports only the stdlib and PyYAML, because every entry point (torch and TensorFlow alike) imports this module.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import types
@@ -28,6 +30,10 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the dotted key and where it came from."""
+
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+FLOAT_MAX = sys.float_info.max
 
 
 # PyYAML follows YAML 1.1: `1e-3` and `1.0e3` are strings and `2026-01-05` is a date. A config wants a float and a
@@ -105,9 +111,13 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
             return value
         raise bad("bool (true/false)" if tp is bool else "str")
     if tp is int or tp is float:
-        if isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool):
-            return tp(value)
-        raise bad(tp.__name__)
+        if not isinstance(value, int if tp is int else (int, float)) or isinstance(value, bool):
+            raise bad(tp.__name__)
+        if tp is int and not INT_MIN <= value <= INT_MAX:  # no size, count or seed needs more than 64 bits
+            raise bad("an int within 64 bits (-2**63 .. 2**63-1)")
+        if tp is float and not (abs(value) <= FLOAT_MAX if isinstance(value, int) else math.isfinite(value)):
+            raise bad("a finite float")  # 1e400 reads as inf, .nan as NaN: no setting wants either
+        return tp(value)
     if tp is Path:
         if isinstance(value, (str, Path)):
             return Path(value)
@@ -219,11 +229,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     if path is not None:
         where = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{where}: config file not found") from None
         except OSError as e:
             raise ConfigError(f"{where}: cannot read config file: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                              f"a config is a UTF-8 YAML file") from None
         data = _parse_yaml(text, where)
         if data is None:  # an empty file: nothing to override
             data = {}
@@ -243,6 +256,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         raise ConfigError(f"{source}missing required key(s) for {cls.__name__}: {', '.join(map(repr, missing))}")
     _validate(cfg)
     return cfg
+
+
+def check_folder_name(owner: str, key: str, value: str) -> None:
+    """ConfigError unless `value` is one plain folder name: a name that a path like data/<name>/ keeps inside its
+    parent (no '/', no '\\', not '.', '..' or empty, not hidden: staging folders are hidden siblings)."""
+    if not value or value.strip() != value or value.startswith(".") or "/" in value or "\\" in value \
+            or "\0" in value:
+        raise ConfigError(f"{owner}: '{key}' must be a plain folder name (no '/', '\\' or leading '.', not empty), "
+                          f"got {value!r}")
 
 
 def _plain(value: Any) -> Any:

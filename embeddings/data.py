@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from embeddings.config import EmbeddingConfig, ModelConfig
-from embeddings.preprocess import preprocess_images
+from embeddings.preprocess import decode_image, pixel_tensor
 from feature_store.schema import PNG_SIGNATURE, SchemaError, read_table, table_columns
 
 
@@ -159,10 +159,10 @@ def _load_catalog(path: Path, image_size: int, with_images: bool, skip_corrupt_i
             problem = _bad_image(png)
             if problem is None:
                 try:
-                    decoded.append(preprocess_images([png], image_size))
+                    decoded.append(decode_image(png, image_size))
                     continue
                 except ValueError as e:
-                    problem = f"unreadable image ({e})"
+                    problem = f"unreadable image: {e}"
             if not skip_corrupt_images:
                 raise DataError(f"{path}: product_id {int(pid)}: {problem}; fix the picture, or set "
                                 f"skip_corrupt_images=true to drop such products (they are counted and reported)")
@@ -172,7 +172,7 @@ def _load_catalog(path: Path, image_size: int, with_images: bool, skip_corrupt_i
             print(f"load_catalog: skipped {len(skipped)} products with an unreadable image (skip_corrupt_images): "
                   f"product_id {', '.join(map(str, skipped[:10]))}{' ...' if len(skipped) > 10 else ''}")
         df = df[keep].reset_index(drop=True)
-        pixels = torch.cat(decoded) if decoded else torch.empty(0, 3, image_size, image_size)
+        pixels = pixel_tensor(np.stack(decoded)) if decoded else torch.empty(0, 3, image_size, image_size)
     titles = df.title.tolist() if "title" in df else [""] * len(df)
     aisles = df.aisle.to_numpy() if "aisle" in df else None
     created = df.created_ts if "created_ts" in df else None

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
-from core.config import ConfigError
+from core.config import ConfigError, check_folder_name
 from experiments import images, vocab
 
 DAY_US = 86_400 * 1_000_000  # microseconds per day; all timestamps are int64 microseconds since the epoch (UTC)
@@ -125,6 +125,7 @@ class WorldConfig:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"WorldConfig: invalid value for '{key}': {getattr(self, key)!r}")
+        check_folder_name("WorldConfig", "name", self.name)  # the world is written to data/<name>/
         try:
             datetime.strptime(self.start_date, "%Y-%m-%d")
         except ValueError as e:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from core.config import ConfigError, add_config_args, config_to_dict, exit_on, load_config
+from core.config import ConfigError, add_config_args, check_folder_name, config_to_dict, exit_on, load_config
+from core.files import staged_folder
 from feature_store.schema.tables import CLICK_LOG, TIMESTAMP
 from feature_store.schema.validation import SchemaError, validate_against
 from ranking.loaders import (KEY_COLUMNS, LABEL, ClickLog, LoaderError, load_avazu, load_criteo, load_libfm,
@@ -88,6 +88,10 @@ class PrepareConfig:
             raise ConfigError("folds must be 0 or >= 2, and fold in [0, folds)")
         if self.min_count < 1 or self.hash_buckets < 0:
             raise ConfigError("min_count must be >= 1 and hash_buckets >= 0")
+        if self.max_rows < 0 or self.seed < 0:
+            raise ConfigError(f"max_rows and seed must be >= 0, got max_rows={self.max_rows}, seed={self.seed}")
+        if self.name:  # ranking.train files its checkpoints under <name>/
+            check_folder_name("PrepareConfig", "name", self.name)
         if not (self.numeric_dense or self.numeric_buckets):
             raise ConfigError("numeric_dense and numeric_buckets: keep at least one")
 
@@ -96,6 +100,17 @@ class PrepareConfig:
 
 
 def read_log(cfg: PrepareConfig) -> ClickLog:
+    """The log through its loader; a file the parsers cannot read (truncated parquet, not UTF-8, a broken CSV)
+    is a LoaderError naming the input."""
+    try:
+        return _read_log(cfg)
+    except (ConfigError, LoaderError):
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise LoaderError(f"{cfg.input}: cannot read the click log ({type(err).__name__}: {err})") from None
+
+
+def _read_log(cfg: PrepareConfig) -> ClickLog:
     fmt = cfg.format
     if fmt == "auto":
         first = Path(cfg.input)
@@ -194,6 +209,47 @@ def _key_column(values: pd.Series) -> pa.Array:
     return pa.array((h >> np.uint64(1)).astype(np.int64))
 
 
+def check_log(log: ClickLog) -> None:
+    """What the loaders let through but a training set must not hold: an infinite numeric value (or one beyond
+    float32), a repeated impression_id, a ts column that is not time-zone-aware or not a time."""
+    frame = log.frame
+    for c in log.numeric:
+        v = frame[c].to_numpy(dtype=np.float64)
+        bad = np.isinf(v) | (np.abs(np.nan_to_num(v)) > np.finfo(np.float32).max)
+        if bad.any():
+            raise LoaderError(f"{log.source}: numeric column '{c}' has {int(bad.sum())} infinite or float32-"
+                              f"overflowing values (e.g. {float(v[bad][0])!r} in row {int(np.flatnonzero(bad)[0])})")
+    if "impression_id" in frame.columns:
+        ids = frame["impression_id"]
+        repeated = ids.duplicated(keep=False)
+        if repeated.any():
+            raise LoaderError(f"{log.source}: column 'impression_id' has {int(ids.duplicated().sum())} repeated "
+                              f"values (e.g. {_plain(ids[repeated].iloc[0])!r}): an impression id names one row")
+    if "ts" in frame.columns:
+        ts = frame["ts"]
+        if pd.api.types.is_datetime64_dtype(ts) and not isinstance(ts.dtype, pd.DatetimeTZDtype):
+            raise LoaderError(f"{log.source}: column 'ts' has naive timestamps ({ts.dtype}); give them a time "
+                              f"zone (pandas: .dt.tz_localize('UTC'))")
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _timestamps(values: pd.Series, source: str) -> pa.Array:
+    """ts as UTC instants: zone-aware times converted, text parsed (text without an offset is read as UTC).
+    Numbers are refused: seconds, milliseconds or nanoseconds since 1970 cannot be told apart."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise LoaderError(f"{source}: column 'ts' holds numbers ({values.dtype}), not times: give ISO-8601 text "
+                          f"(e.g. 2024-01-05T10:00:00Z) or timestamps")
+    parsed = pd.to_datetime(values, utc=True, errors="coerce")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        raise LoaderError(f"{source}: column 'ts' has {int(bad.sum())} values that are not times in "
+                          f"1677..2262 (e.g. {values[bad].iloc[0]!r})")
+    return pa.array(parsed).cast(TIMESTAMP)
+
+
 def encode(log: ClickLog, rows: dict[str, np.ndarray], cfg: PrepareConfig) -> tuple[dict[str, pa.Table], dict]:
     """The three split tables and what the preprocessing learned (for metadata.json)."""
     frame = log.frame
@@ -222,7 +278,7 @@ def encode(log: ClickLog, rows: dict[str, np.ndarray], cfg: PrepareConfig) -> tu
             if k in frame.columns and k not in columns:
                 arrays[k] = _key_column(frame[k].iloc[r])
         if "ts" in frame.columns and "ts" not in columns:
-            arrays["ts"] = pa.array(pd.to_datetime(frame["ts"].iloc[r], utc=True)).cast(TIMESTAMP)
+            arrays["ts"] = _timestamps(frame["ts"].iloc[r], log.source)
         for name in id_features:
             arrays[name] = pa.array(columns[name][r], pa.int64())
         for name in dense_features:
@@ -260,13 +316,18 @@ def ranking_overrides(out: Path, name: str, info: dict, n_train: int) -> dict:
 def prepare(cfg: PrepareConfig) -> dict:
     """Read, split, encode and write; returns the metadata written."""
     log = read_log(cfg)
+    check_log(log)
     rows = split_rows(log, cfg)
     tables, info = encode(log, rows, cfg)
     out = Path(cfg.out)
     name = cfg.name or out.name
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with staged_folder(out) as tmp:  # a reader sees the old training set or the new one, never a mix
+        metadata = _write(tmp, out, name, cfg, log, tables, info)
+    return metadata
+
+
+def _write(tmp: Path, out: Path, name: str, cfg: PrepareConfig, log: ClickLog, tables: dict, info: dict) -> dict:
+    """The split files, metadata.json and ranking.yaml into the staging folder `tmp`; returns the metadata."""
     for s, table in tables.items():
         (tmp / s).mkdir(parents=True)
         pq.write_table(table, tmp / s / "part-00000.parquet")
@@ -288,9 +349,6 @@ def prepare(cfg: PrepareConfig) -> dict:
     }
     (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "ranking.yaml").write_text(yaml.safe_dump(ranking_overrides(out, name, info, tables['train'].num_rows), sort_keys=False))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return metadata
 
 

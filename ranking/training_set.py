@@ -13,7 +13,9 @@ labels (click, conversion).
 `load_training_set` reads only the columns the config names, column-wise with pyarrow (no per-row Python), and
 checks everything that could go wrong before any training starts: a missing feature, a NaN in a dense feature
 (`nan_policy`: fail, or impute with the train mean), an embedding of the wrong width, an empty split, labels other
-than 0/1. Every error is a `TrainingSetError` naming the split, the column and the problem. Embedding columns are
+than 0/1, an infinite dense value or embedding component, a repeated impression_id (within a split or across
+splits), a `ts` without a time zone, a file that is not parquet or a metadata.json that is not a JSON object.
+Every error is a `TrainingSetError` naming the split (and file), the column and the problem. Embedding columns are
 stored once per distinct vector (`Embeddings`): a product's vector repeats on every impression that shows it.
 `first_rows` reads the first rows of a split as model inputs (the export's warm-up requests).
 """
@@ -185,6 +187,42 @@ def resolve_training_set(data_dir: str | Path, embedding_version: str = "", path
     return versions[0]
 
 
+def _read_metadata(folder: Path) -> dict:
+    """metadata.json as a dict ({} when absent); a TrainingSetError naming the file when it is not a JSON object
+    or its embedding_dim is not a non-negative integer."""
+    path = folder / "metadata.json"
+    if not path.exists():
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TrainingSetError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(metadata, dict):
+        raise TrainingSetError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    dim = metadata.get("embedding_dim", 0)
+    if type(dim) is not int or dim < 0:
+        raise TrainingSetError(f"{path}: 'embedding_dim' must be a non-negative integer, got {dim!r}")
+    return metadata
+
+
+def _parquet(read, file: Path, split: str):
+    """read(file), with a file that is not parquet (truncated, another format) a TrainingSetError naming it."""
+    try:
+        return read(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise TrainingSetError(f"split '{split}' ({file}): not a readable parquet file (truncated or another "
+                               f"format: {err})") from None
+
+
+def _check_time_zone(schema: pa.Schema, split: str, file: Path) -> None:
+    """A `ts` column must be UTC instants: a naive one would be read in whatever zone a later reader assumes."""
+    if "ts" in schema.names:
+        t = schema.field("ts").type
+        if not pa.types.is_timestamp(t) or t.tz is None:
+            raise TrainingSetError(f"split '{split}' ({file}): column 'ts' has dtype {t}; expected a timestamp "
+                                   f"with a time zone (UTC instants, e.g. timestamp[us, tz=UTC])")
+
+
 def _split_files(folder: Path, split: str) -> list[Path]:
     split_dir = folder / split
     if not split_dir.is_dir():
@@ -253,13 +291,17 @@ def _read_split(folder: Path, split: str, columns: list[str]) -> tuple[pa.Table,
     files = _split_files(folder, split)
     parts = []
     for f in files:
-        have = pq.read_schema(f).names
-        missing = [c for c in columns if c not in have]
+        schema = _parquet(pq.read_schema, f, split)
+        _check_time_zone(schema, split, f)
+        missing = [c for c in columns if c not in schema.names]
         if missing:
             raise TrainingSetError(f"split '{split}' ({f}): missing column(s) {', '.join(missing)}")
-        parts.append(pq.read_table(f, columns=columns))
-    table = pa.concat_tables(parts, promote_options="permissive")
+        parts.append(_parquet(lambda file: pq.read_table(file, columns=columns), f, split))
     source = str(folder / split)
+    try:
+        table = pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise TrainingSetError(f"split '{split}' ({source}): its files' columns do not concatenate: {err}") from None
     if table.num_rows == 0:
         raise TrainingSetError(f"split '{split}' is empty: {source} has no rows")
     return table, source
@@ -307,8 +349,31 @@ def _bytes_column(col: pa.ChunkedArray, name: str, where: str) -> np.ndarray:
 
 
 def _dense_column(col: pa.ChunkedArray) -> np.ndarray:
-    """float32 with nulls as NaN."""
-    return col.cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    """float32 with nulls as NaN (integers beyond 2**24 rounded, as float32 does; floats beyond its range
+    become inf, which the caller refuses)."""
+    return col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float32)
+
+
+def _check_unique_impressions(splits: dict[str, "Split"]) -> None:
+    """impression_id, when the set has it, identifies one row: a repeat within a split weighs that impression twice,
+    one across splits leaks a test row into training."""
+    if not all("impression_id" in s.columns for s in splits.values()):
+        return
+    seen: dict[str, np.ndarray] = {}
+    for name, split in splits.items():
+        ids = split.columns["impression_id"]
+        unique, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise TrainingSetError(f"split '{name}' ({split.source}): column 'impression_id' has "
+                                   f"{int((counts - 1).sum())} duplicate values (e.g. {unique[counts > 1][0].item()!r} "
+                                   f"appears {int(counts.max())} times)")
+        for other, before in seen.items():
+            shared = np.intersect1d(unique, before, assume_unique=True)
+            if len(shared):
+                raise TrainingSetError(f"split '{name}' ({split.source}): column 'impression_id' shares "
+                                       f"{len(shared)} values with split '{other}' (e.g. {shared[0].item()!r}); a row "
+                                       f"belongs to one split")
+        seen[name] = unique
 
 
 def _embedding_column(col: pa.ChunkedArray, name: str, dim: int, where: str) -> "Embeddings":
@@ -329,17 +394,16 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
     max_rows > 0 keeps a random sample of that many rows per split (for quick experiments).
     """
     folder = Path(folder)
-    meta_path = folder / "metadata.json"
-    metadata = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    metadata = _read_metadata(folder)
     version = str(metadata.get("embedding_version") or folder.name)
 
     train_files = _split_files(folder, "train")
-    schema = pq.read_schema(train_files[0])
-    dim = int(metadata["embedding_dim"]) if "embedding_dim" in metadata else 0
-    if use_embeddings and not dim:
-        probe = pq.read_table(train_files[0], columns=[fc.product_embedding]) \
-            if fc.product_embedding in schema.names else None
-        dim = len(probe.column(0)[0].as_py()) if probe is not None and probe.num_rows else 0
+    schema = _parquet(pq.read_schema, train_files[0], "train")
+    dim = metadata.get("embedding_dim", 0)
+    if use_embeddings and not dim and fc.product_embedding in schema.names:
+        probe = _parquet(lambda f: pq.read_table(f, columns=[fc.product_embedding]), train_files[0], "train")
+        probe = probe.column(0).drop_null()
+        dim = len(probe[0].as_py() or ()) if len(probe) else 0
     spec = resolve_spec(fc, schema, dim, str(folder / "train"), use_embeddings)
     if use_embeddings and dim <= 0:
         raise TrainingSetError(f"{folder}: cannot tell embedding_dim (metadata.json lacks it and the train split "
@@ -369,14 +433,17 @@ def load_training_set(folder: str | Path, fc: FeatureConfig, use_embeddings: boo
                         f"{where}: dense feature '{c}' has {n_nan} NaN/null values; fix the data or set "
                         f"features.nan_policy=impute to fill them with the train mean")
                 nan_counts[split][c] = n_nan
-            if np.isinf(values).any():
-                raise TrainingSetError(f"{where}: dense feature '{c}' has infinite values")
+            if (n_inf := int(np.isinf(values).sum())):  # inf (or a float64 beyond float32) trains a NaN model
+                row = int(np.flatnonzero(np.isinf(values))[0])
+                raise TrainingSetError(f"{where}: dense feature '{c}' has {n_inf} infinite values (e.g. "
+                                       f"{float(values[row])} in row {row})")
             cols[c] = values
         for c in spec.embeddings:
             cols[c] = _embedding_column(table.column(c), c, spec.embedding_dim, where)
         cols["__label__"] = _label_column(table.column(spec.label), spec.label, where)
         splits[split] = Split(split, cols, source)
 
+    _check_unique_impressions(splits)
     train_y = splits["train"].labels
     if train_y.min() == train_y.max():
         raise TrainingSetError(f"split 'train': label '{spec.label}' has a single class; nothing to learn")

@@ -32,6 +32,7 @@ KEYS = ("user_id", "arm")
 COUNTS = ("impressions", "clicks", "conversions")
 REQUIRED = KEYS + COUNTS
 PRE_PERIOD = ("pre_clicks", "pre_impressions")  # per-user covariates for CUPED
+INT64_MAX = np.iinfo(np.int64).max
 NOT_ABOVE = (("clicks", "impressions"), ("conversions", "clicks"), ("pre_clicks", "pre_impressions"))
 
 
@@ -47,11 +48,14 @@ def validate_log(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.Data
     """Return a checked copy of an experiment log (counts as int64, arm as str, ts in UTC), or raise LogError.
 
     `arms`, when given, are the two arm names the log must hold (e.g. ("control", "treatment")).
-    Rejects: a missing column; nulls in any used column; non-integer or negative counts; clicks > impressions;
-    conversions > clicks; pre_clicks > pre_impressions; fewer or more than two arms; a user in both arms;
-    an arm without impressions; pre-period covariates that vary within a user; naive or non-timestamp ts;
-    a repeated (user_id, request_id).
+    Rejects: a missing or repeated column; nulls in any used column; an empty arm name; non-integer, negative or
+    beyond-int64 counts; clicks > impressions; conversions > clicks; pre_clicks > pre_impressions; fewer or more
+    than two arms; a user in both arms; an arm without impressions; pre-period covariates that vary within a user;
+    naive or non-timestamp ts; a repeated (user_id, request_id).
     """
+    repeated = df.columns[df.columns.duplicated()]
+    if len(repeated):
+        raise LogError(str(repeated[0]), f"appears {int((df.columns == repeated[0]).sum())} times in the log")
     has_pre_period = any(c in df.columns for c in PRE_PERIOD)
     for column in REQUIRED + (PRE_PERIOD if has_pre_period else ()):
         if column not in df.columns:
@@ -61,6 +65,8 @@ def validate_log(df: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.Data
         _check_no_nulls(out[column], column)
     _check_integer(out["user_id"], "user_id")
     out["arm"] = out["arm"].astype(str)
+    if n_empty := int((out["arm"].str.strip() == "").sum()):
+        raise LogError("arm", f"{n_empty} empty arm name(s)")
     for column in [c for c in (*COUNTS, *PRE_PERIOD) if c in out.columns]:
         out[column] = _as_counts(out[column], column)
     for small, large in NOT_ABOVE:
@@ -114,6 +120,9 @@ def _as_counts(values: pd.Series, column: str) -> pd.Series:
         raise LogError(column, "non-integer counts")
     if np.any(as_float < 0):
         raise LogError(column, f"negative counts (min {values.min()})")
+    if len(values) and (values.max() > INT64_MAX if pd.api.types.is_integer_dtype(values)
+                        else as_float.max() >= 2.0**63):  # astype would wrap them around silently
+        raise LogError(column, f"counts beyond int64 (max {values.max()})")
     return values.astype("int64")
 
 

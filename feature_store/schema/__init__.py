@@ -7,7 +7,7 @@ simulator's output (docs/design.md).
     tables.py             the declarations: Column, TableSchema, TABLES and the shared names (TIMESTAMP, ...)
     validation.py         validate(name, data) -> canonical pa.Table, or SchemaError naming table, column, problem
     parquet_io.py         read_table / write_table / table_columns: parquet files and folders, validated, written
-                          atomically
+                          atomically; UnreadableTableError for a file that is not parquet
     embedding_columns.py  embedding columns as numpy matrices and back
 
 Every public name is importable from here (`from feature_store.schema import read_table`). Importing the package
@@ -15,7 +15,7 @@ loads only pyarrow, numpy and core: no Feast, no pandas (a DataFrame is accepted
 """
 
 from feature_store.schema.embedding_columns import checked_embedding_matrix, embedding_array, embedding_matrix
-from feature_store.schema.parquet_io import read_table, table_columns, write_table
+from feature_store.schema.parquet_io import UnreadableTableError, read_table, table_columns, write_table
 from feature_store.schema.tables import (
     BINARY, COUNT_ENTITIES, COUNT_FEATURES, COUNT_WINDOWS_DAYS, EMBEDDING, IMPRESSION_KEYS, IMPRESSION_LABELS, LABELS,
     PNG_SIGNATURE, TABLES, TIMESTAMP, Column, TableSchema, count_feature_names,
@@ -26,5 +26,5 @@ __all__ = [
     "BINARY", "COUNT_ENTITIES", "COUNT_FEATURES", "COUNT_WINDOWS_DAYS", "EMBEDDING", "IMPRESSION_KEYS",
     "IMPRESSION_LABELS", "LABELS", "PNG_SIGNATURE", "TABLES", "TIMESTAMP", "Column", "SchemaError", "TableSchema",
     "checked_embedding_matrix", "count_feature_names", "embedding_array", "embedding_matrix", "read_table",
-    "table_columns", "table_schema", "validate", "write_table",
+    "table_columns", "table_schema", "UnreadableTableError", "validate", "write_table",
 ]

@@ -2,7 +2,7 @@
 
 - `embedding_matrix(column)`: a validated column -> float32 [N, D].
 - `checked_embedding_matrix(column, name, dim)`: a column from a user's file -> float32 [N, dim], with an error
-  naming the column for null rows, rows of another width or NaN components.
+  naming the column for null rows, rows of another width or NaN / infinite components.
 - `embedding_array(matrix)`: float32 [N, D] -> a list<float32> column, the bytes copied unchanged.
 """
 
@@ -24,7 +24,7 @@ def embedding_matrix(column, dim: int | None = None) -> np.ndarray:
 def checked_embedding_matrix(column, name: str, dim: int, where: str = "",
                              error: type[Exception] = ValueError) -> np.ndarray:
     """A list<float> or fixed-size-list column from a user's file -> float32 [N, dim]; `error`, prefixed with
-    `where` and naming the column, for null rows, rows of another width or NaN components."""
+    `where` and naming the column, for null rows, rows of another width or NaN / infinite components."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if column.null_count:
         raise error(f"{where}embedding column '{name}' has {column.null_count} null rows (unknown embeddings must "
@@ -37,8 +37,12 @@ def checked_embedding_matrix(column, name: str, dim: int, where: str = "",
         raise error(f"{where}embedding column '{name}' should have width {dim} but {len(wrong)} of {len(column)} "
                     f"rows have another width (e.g. {int(lengths[wrong[0]])}, row {int(wrong[0])})")
     values = embedding_matrix(column, dim)
-    if np.isnan(values).any():
-        raise error(f"{where}embedding column '{name}' has NaN components")
+    if not np.isfinite(values).all():  # an inf trains a NaN model as surely as a NaN does
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        kinds = " and ".join(k for k, n in (("NaN", nan), ("infinite", inf)) if n)
+        raise error(f"{where}embedding column '{name}' has {kinds} components ({nan} NaN, {inf} inf, in "
+                    f"{len(rows)} rows, e.g. row {int(rows[0])})")
     return values
 
 

@@ -2,7 +2,7 @@
 
 - `read_table(name, path)` reads a parquet file or a folder of parquet files (one folder per table, files
   `part-00000.parquet`, ... read in sorted order) and validates it; `if_present` reads optional columns where
-  the table has them.
+  the table has them. A file pyarrow cannot read is an UnreadableTableError (a SchemaError) naming it.
 - `table_columns(name, path)` lists the columns a stored table has, without reading its rows.
 - `write_table(name, data, folder, part)` validates and writes `folder/part-{part:05d}.parquet` atomically and
   byte-deterministically.
@@ -23,6 +23,23 @@ from feature_store.schema.validation import (SchemaError, conform_columns, missi
                                              validate_against)
 
 
+class UnreadableTableError(SchemaError, pa.ArrowInvalid):
+    """A file of a table that pyarrow cannot read (truncated, another format). A SchemaError naming the table and
+    the file (pyarrow's own "magic bytes not found" names neither), and still the ArrowInvalid it was for callers
+    that catch that."""
+
+
+def _open(schema: TableSchema, file: Path, read):
+    """read(file), with an unreadable file an UnreadableTableError naming it."""
+    try:
+        return read(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        if isinstance(err, (FileNotFoundError, SchemaError)):
+            raise
+        raise UnreadableTableError(schema.name, None, f"not a readable parquet file (truncated or another format: "
+                                   f"{err})", file) from None
+
+
 def _parquet_files(schema: TableSchema, path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -40,7 +57,7 @@ def table_columns(table_name: str, path: str | os.PathLike) -> tuple[str, ...]:
     schema = table_schema(table_name, path)
     names: dict[str, None] = {}
     for file in _parquet_files(schema, path):
-        names.update(dict.fromkeys(pq.read_schema(file).names))
+        names.update(dict.fromkeys(_open(schema, file, pq.read_schema).names))
     return tuple(names)
 
 
@@ -66,11 +83,11 @@ def read_table(table_name: str, path: str | os.PathLike, columns: Iterable[str] 
         only = tuple(dict.fromkeys([k for k in schema.keys if k not in columns] + columns))
     parts = []
     for file in files:
-        f = pq.ParquetFile(file)
+        f = _open(schema, file, pq.ParquetFile)
         present = f.schema_arrow.names
         if only is not None and (missing := [c for c in only if c not in present]):
             raise missing_columns(schema, missing, present, file)
-        part = f.read(columns=None if only is None else list(only))
+        part = _open(schema, file, lambda _: f.read(columns=None if only is None else list(only)))
         arrays, names = conform_columns(schema, part, file, only)  # per part, so parts may differ in harmless dtypes
         parts.append(pa.Table.from_arrays(arrays, names=names))
     try:

@@ -4,12 +4,16 @@
   columns are the schema's columns, in schema order, with the canonical dtypes; extra columns follow unchanged.
   Optional columns (`Column.optional`) may be absent: the result then lacks them too. A column asked for by name
   (`read_table(..., columns=[...])`) must be there, optional or not.
-  Only lossless normalisations are applied: a narrower or wider integer to the declared integer type when every
-  value fits, float64 to float32, large/view strings and binaries to the plain types, dictionary strings to
+  Only these normalisations are applied: a narrower or wider integer to the declared integer type when every
+  value fits, float64 to float32 (rounded to the nearest float32: the one lossy step, documented; a finite value
+  beyond float32's range is an error), large/view strings and binaries to the plain types, dictionary strings to
   strings, any timestamp unit to microseconds and any time zone to UTC (same instants), and list / large_list /
   fixed_size_list embeddings of floats to list<float32>. Anything else (a string where an int is expected,
   floats in an integer column, a timestamp without a time zone, ...) raises `SchemaError`.
-- Value rules: no nulls in keys or non-nullable columns, no NaN in non-nullable float columns, unique keys,
+- Value rules: valid UTF-8 in text columns, no nulls in keys or non-nullable columns, no NaN in non-nullable
+  float columns, no +/-inf in any float column or embedding (every declared float is a price, rate, rating,
+  count, weight or vector component: none is ever infinite, and one inf turns a model's standardisation and
+  gradients into NaN), timestamps within 1677-09-21 .. 2262-04-11 (what pandas and Feast hold), unique keys,
   allowed value sets, inclusive min/max bounds, non-empty text, PNG signatures for images, and one common
   embedding length (equal to `embedding_dim` when given).
 """
@@ -40,7 +44,7 @@ class SchemaError(ValueError):
         super().__init__(f"{where}: {what}{problem}")
 
     def __reduce__(self):  # keeps the error picklable (multiprocessing, Beam workers)
-        return (SchemaError, (self.table, self.column, self.problem, self.source))
+        return (type(self), (self.table, self.column, self.problem, self.source))
 
 
 def table_schema(table_name: str, source: str | os.PathLike | None = None) -> TableSchema:
@@ -84,16 +88,36 @@ def _to_arrow(schema: TableSchema, data: Any, source) -> pa.Table:
         if pandas is None or not isinstance(data, pandas.DataFrame):
             raise TypeError(f"table '{schema.name}': expected a pyarrow Table or pandas DataFrame, "
                             f"got {type(data).__name__}")
-        try:
-            data = pa.Table.from_pandas(data, preserve_index=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise SchemaError(schema.name, None, f"cannot convert the DataFrame to arrow: {err}", source) from None
+        data = _from_pandas(schema, data, source)
     seen: set[str] = set()
     for name in data.column_names:
         if name in seen:
             raise SchemaError(schema.name, name, "duplicate column name", source)
         seen.add(name)
     return data
+
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+                 ValueError)
+
+
+def _from_pandas(schema: TableSchema, frame, source) -> pa.Table:
+    """A DataFrame as arrow; a column arrow cannot hold (mixed types, ints beyond 64 bits, Python objects) is a
+    SchemaError naming it."""
+    names = [str(c) for c in frame.columns]
+    if dup := next((n for i, n in enumerate(names) if n in names[:i]), None):
+        raise SchemaError(schema.name, dup, "duplicate column name", source)
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except _ARROW_ERRORS as err:
+        for i, name in enumerate(names):  # find the column: the whole frame's error may not name it
+            try:
+                pa.Table.from_pandas(frame.iloc[:, [i]], preserve_index=False)
+            except _ARROW_ERRORS as col_err:
+                problem = col_err.args[0] if isinstance(col_err, pa.ArrowException) and col_err.args else col_err
+                raise SchemaError(schema.name, name, f"cannot convert to arrow (dtype {frame.dtypes.iloc[i]}): "
+                                  f"{problem}", source) from None
+        raise SchemaError(schema.name, None, f"cannot convert the DataFrame to arrow: {err}", source) from None
 
 
 def conform_columns(schema: TableSchema, table: pa.Table, source, only) -> tuple[list, list[str]]:
@@ -168,7 +192,10 @@ def _conform_dtype(schema: TableSchema, col: Column, values: pa.ChunkedArray, so
                               "(pandas: .dt.tz_localize('UTC'))", source)
         try:  # arrow stores UTC instants, so a time-zone change relabels; the unit change must be exact
             return values.cast(expected)
-        except pa.ArrowInvalid:
+        except pa.ArrowInvalid as err:
+            if "out of bounds" in str(err):
+                raise SchemaError(schema.name, col.name, f"timestamps out of range ({actual} values beyond what "
+                                  f"microseconds since 1970 can hold: {_TS_RANGE})", source) from None
             raise fail(" (values would lose sub-microsecond precision)") from None
     if pa.types.is_list(expected):  # embeddings
         is_list = (pa.types.is_list(actual) or pa.types.is_large_list(actual)
@@ -224,11 +251,17 @@ def _check_values(schema: TableSchema, col: Column, values: pa.ChunkedArray, sou
     def fail(problem: str) -> SchemaError:
         return SchemaError(schema.name, col.name, problem, source)
 
+    if pa.types.is_string(col.dtype):
+        _check_utf8(values, fail)
     if values.null_count and (col.key or not col.nullable):
         raise fail(f"{values.null_count} null key values" if col.key else f"{values.null_count} null values")
-    if pa.types.is_floating(col.dtype) and not col.nullable:
-        if n := _count_true(pc.is_nan(values)):
+    if pa.types.is_floating(col.dtype):
+        if not col.nullable and (n := _count_true(pc.is_nan(values))):
             raise fail(f"{n} NaN values")
+        if n := _count_true(pc.is_inf(values)):  # no declared float is ever infinite (module docstring)
+            raise fail(f"{n} infinite values (e.g. {_first_example(values, pc.is_inf(values))})")
+    if pa.types.is_timestamp(col.dtype):
+        _check_time_range(values, fail)
     if col.allowed is not None:
         value_set = pa.array(sorted(col.allowed), col.dtype)
         outside = pc.invert(pc.is_in(values, value_set=value_set))
@@ -257,6 +290,28 @@ def _check_values(schema: TableSchema, col: Column, values: pa.ChunkedArray, sou
         _check_embedding(col, values, embedding_dim, fail)
 
 
+def _check_utf8(values: pa.ChunkedArray, fail) -> None:
+    """Text must be valid UTF-8: a parquet file can hold any bytes in a string column, and the text functions
+    (and every decoder after them) fail on them with an error that names no column."""
+    try:
+        for chunk in values.chunks:
+            chunk.validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    raw = values.cast(pa.binary()).to_pylist()
+    bad = [i for i, b in enumerate(raw) if b is not None and not _is_utf8(b)]
+    raise fail(f"{len(bad)} values are not valid UTF-8 (e.g. row {bad[0]}: {_display(raw[bad[0]])})")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _check_embedding(col: Column, values: pa.ChunkedArray, embedding_dim: int | None, fail) -> None:
     """All rows one length (== embedding_dim when given), no null or NaN components."""
     lengths = pc.list_value_length(values)
@@ -278,6 +333,22 @@ def _check_embedding(col: Column, values: pa.ChunkedArray, embedding_dim: int | 
         raise fail(f"{flat.null_count} null embedding components")
     if n := _count_true(pc.is_nan(flat)):
         raise fail(f"{n} NaN embedding components")
+    if n := _count_true(pc.is_inf(flat)):
+        raise fail(f"{n} infinite embedding components (e.g. {_first_example(flat, pc.is_inf(flat))})")
+
+
+# Timestamps every reader can hold: pandas and Feast convert to datetime64[ns], whose int64 nanoseconds span
+# 1677-09-21 .. 2262-04-11; a time outside fails there with an error that names no table, so it fails here.
+_TS_MIN_US, _TS_MAX_US = -(2**63) // 1000 + 1, (2**63 - 1) // 1000
+_TS_RANGE = "1677-09-21 .. 2262-04-11 UTC"
+
+
+def _check_time_range(values: pa.ChunkedArray, fail) -> None:
+    ticks = values.cast(pa.int64())
+    outside = pc.or_(pc.less(ticks, _TS_MIN_US), pc.greater(ticks, _TS_MAX_US))
+    if n := _count_true(outside):
+        example = _first_example(ticks, outside)
+        raise fail(f"{n} timestamps out of range {_TS_RANGE} (e.g. {example} microseconds since 1970)")
 
 
 def _check_unique_keys(schema: TableSchema, table: pa.Table, source) -> None:

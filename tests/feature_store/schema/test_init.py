@@ -15,7 +15,7 @@ def test_public_names_are_reexported_from_the_modules_that_define_them():
                  "IMPRESSION_LABELS", "LABELS", "PNG_SIGNATURE", "TABLES", "TIMESTAMP", "Column", "TableSchema",
                  "count_feature_names"],
         validation: ["SchemaError", "table_schema", "validate"],
-        parquet_io: ["read_table", "table_columns", "write_table"],
+        parquet_io: ["UnreadableTableError", "read_table", "table_columns", "write_table"],
         embedding_columns: ["checked_embedding_matrix", "embedding_array", "embedding_matrix"],
     }
     assert sorted(feature_store.schema.__all__) == sorted(n for names in homes.values() for n in names)
