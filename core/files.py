@@ -53,7 +53,7 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
     this process; a fixed name lets a restarted process find the previous folder if it was killed between the two
     renames."""
     tmp, target = Path(tmp), Path(target)
-    _fault_point("before-rename", target)
+    fault_point("before-rename", target)
     previous = None
     if target.exists():
         previous = Path(old) if old is not None else target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -62,18 +62,19 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
     os.replace(tmp, target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
-    _fault_point("after-rename", target)
+    fault_point("after-rename", target)
 
 
 def _remove_orphans(target: Path) -> None:
     """Remove staging folders of `target` left by killed processes (their pid is in the name)."""
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.tmp-*-*"):
         pid = leftover.name[len(target.name) + 6:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this machine (staging folders, locks and MLflow runs name their pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,9 +92,9 @@ def staged_file(target: str | os.PathLike) -> Iterator[Path]:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-        _fault_point("before-rename", target)
+        fault_point("before-rename", target)
         os.replace(tmp, target)
-        _fault_point("after-rename", target)
+        fault_point("after-rename", target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -107,8 +108,9 @@ KILL_AT = "DASHCLIP_KILL_AT"
 _fault_hits: Counter[str] = Counter()
 
 
-def _fault_point(moment: str, target: Path) -> None:
-    """SIGKILL this process here if a DASHCLIP_KILL_AT rule names this moment and target (see the module doc)."""
+def fault_point(moment: str, target: str | os.PathLike) -> None:
+    """SIGKILL this process here if a DASHCLIP_KILL_AT rule names this moment and target (see the module doc).
+    Writers that publish by their own rename (a new export version) call it around that rename too."""
     rules = os.environ.get(KILL_AT)
     if not rules:
         return

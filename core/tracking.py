@@ -7,13 +7,18 @@ old file store). `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` show
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+
+from core.files import alive
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 # MLflow 3 opens an experiment without this tag on its GenAI overview (traces, an assistant panel); tagged as model
 # development it opens on the runs table, where the comparison is.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# Who runs a run: a RUNNING run whose process is gone was killed (SIGKILL, preemption) and is marked KILLED.
+HOST_TAG, PID_TAG = "dashclip.host", "dashclip.pid"
 
 
 def tracking_uri() -> str:
@@ -55,3 +60,26 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[key] = v
     return out
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process, for end_dead_runs to recognise a run whose process was killed."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def end_dead_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment that this host's processes started (owner_tags) and that
+    are no longer alive: a SIGKILLed run cannot end its MLflow run, which otherwise stays RUNNING for ever.
+    Returns their run ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+

@@ -26,7 +26,9 @@ Assignment: a user is in treatment when sha256(salt:user_id) / 2**256 < treatmen
 one salt). `broken_split` drops that share of the treatment arm's users from the log (another salted hash), which
 a sample-ratio test must catch. Passing the same export as --control and --treatment is an A/A test.
 
-Outputs in <out> (default <data>/experiments/<name>/):
+Outputs in <out> (default <data>/experiments/<name>/), written into a staged folder renamed onto <out> at the
+end (a run that fails or is killed leaves the previous <out> as it was; a killed run's MLflow run is marked
+KILLED by the next run):
 - log/part-00000.parquet: the `experiment_log` table (feature_store/schema/tables.py): one row per (user, request),
   with the segments query_segment (head / torso / tail by pre-period requests), user_history (returning / new) and
   new_products (some / none: the request's candidates include a product whose created_ts, in raw/products, is on
@@ -55,7 +57,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on, load_config
-from core.files import write_text_atomically
+from core.files import staged_folder, write_text_atomically
 
 ARMS = ("control", "treatment")
 MLFLOW_EXPERIMENT = "ab-tests"
@@ -475,32 +477,43 @@ def run(cfg: AbSimConfig, control: str | Path, treatment: str | Path, data: str 
     truth.update(score_position=cfg.score_position, slots=cfg.slots, requests=candidates.n_requests,
                  aa=bool(exports["control"].resolve() == exports["treatment"].resolve()))
     log = simulate_log(candidates, positions, cfg.salt, cfg.seed, cfg.treatment_share, cfg.broken_split)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = write_log(log, out / "log")
-    write_text_atomically(out / "truth.json", json.dumps(truth, indent=2) + "\n")
-    summary = {"log": str(log_path), "truth": truth, "config": config_to_dict(cfg),
+    # Everything goes into a staged folder renamed onto <out> at the end: a reader (or a run killed midway) never
+    # sees a new log beside an old truth.json; a rerun writes the whole folder again.
+    with staged_folder(out, old=out.with_name(f".{out.name}.old")) as tmp:
+        tmp.chmod(0o755)
+        summary = _write_outputs(cfg, tmp, out, candidates, scores, log, truth, infos, exports)
+    return summary
+
+
+def _write_outputs(cfg: AbSimConfig, tmp: Path, out: Path, candidates: Candidates, scores: dict, log: pd.DataFrame,
+                   truth: dict, infos: dict, exports: dict) -> dict:
+    """The log, truth, interleaving, reports, MLflow run and summary, written into `tmp` (the staged `out`);
+    the paths recorded are the final ones under `out`."""
+    log_path = write_log(log, tmp / "log")
+    write_text_atomically(tmp / "truth.json", json.dumps(truth, indent=2) + "\n")
+    summary = {"log": str(out / log_path.relative_to(tmp)), "truth": truth, "config": config_to_dict(cfg),
                "models": {arm: str(exports[arm]) for arm in ARMS}}
     if cfg.interleaving:
         summary["interleaving"] = interleaving_summary(candidates, scores, log, cfg.slots, cfg.seed,
                                                        cfg.sensitivity_boot)
-        write_text_atomically(out / "interleaving.json", json.dumps(summary["interleaving"], indent=2) + "\n")
+        write_text_atomically(tmp / "interleaving.json", json.dumps(summary["interleaving"], indent=2) + "\n")
     html = None
-    parameters = {"LOG": str(log_path), "TRUTH": str(out / "truth.json"),
-                  "INTERLEAVING": str(out / "interleaving.json") if cfg.interleaving else "",
+    parameters = {"LOG": str(log_path), "TRUTH": str(tmp / "truth.json"),
+                  "INTERLEAVING": str(tmp / "interleaving.json") if cfg.interleaving else "",
                   "TREATMENT_SHARE": cfg.treatment_share}
     if cfg.notebook:
         from experiments.ab.report import execute_notebook
 
-        html = execute_notebook(cfg.notebook, out / "report.html", parameters)
-        summary["report"] = str(html)
+        html = execute_notebook(cfg.notebook, tmp / "report.html", parameters)
+        summary["report"] = str(out / "report.html")
     if cfg.interleaving and cfg.interleaving_notebook:
         from experiments.ab.report import execute_notebook
 
-        summary["interleaving_report"] = str(execute_notebook(cfg.interleaving_notebook,
-                                                              out / "interleaving_report.html", parameters))
+        execute_notebook(cfg.interleaving_notebook, tmp / "interleaving_report.html", parameters)
+        summary["interleaving_report"] = str(out / "interleaving_report.html")
     if cfg.mlflow:
-        summary["mlflow_run_id"] = track(cfg, log, truth, summary.get("interleaving"), infos, exports, html, out)
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        summary["mlflow_run_id"] = track(cfg, log, truth, summary.get("interleaving"), infos, exports, html, tmp)
+    write_text_atomically(tmp / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
@@ -509,15 +522,15 @@ def track(cfg: AbSimConfig, log: pd.DataFrame, truth: dict, interleaving: dict |
     """One MLflow run in experiment `ab-tests`: lifts, intervals, SRM, model versions, parent-run links."""
     import mlflow
 
-    from core.tracking import flatten, setup_mlflow
+    from core.tracking import end_dead_runs, flatten, owner_tags, setup_mlflow
     from experiments.ab import analysis
     from experiments.ab import log as ablog
     from experiments.ab.report import lift_plot
 
     users = ablog.user_table(log)
     lifts = analysis.lift_table(users)
-    setup_mlflow(MLFLOW_EXPERIMENT)
-    with mlflow.start_run(run_name=cfg.name) as active:
+    end_dead_runs(setup_mlflow(MLFLOW_EXPERIMENT))  # runs of killed simulations: KILLED, not RUNNING for ever
+    with mlflow.start_run(run_name=cfg.name, tags=owner_tags()) as active:
         mlflow.log_params(flatten(config_to_dict(cfg), "ab."))
         mlflow.log_params({f"{arm}_model": f"{infos[arm].get('model', '')}/{exports[arm].name}" for arm in ARMS})
         for arm in ARMS:

@@ -10,6 +10,10 @@ materialize   feature tables -> online store (online_store=sqlite: data/<name>/f
               Redis at redis_connection), state as of materialize_end (default: the end of the last split)
 training-set  impressions -> point-in-time features -> data/<name>/training_sets/<version>/{train,valid,test}/
               and metadata.json
+Every command is all or nothing and takes the data directory's lock (data/<name>/features/.lock): build
+validates every input (an empty table is refused) before it writes, and swaps in a staged offline folder;
+materialize renames a staged online.db into place (SQLite); training-set renames a staged folder. A second
+command on the same data directory waits for the first (it says so on stderr), so two runs at once both succeed.
 Configs: experiments/configs/features/<name>.yaml (overrides of feature_store.config.FeatureStoreConfig).
 The online store is chosen at build (online_store=sqlite|redis, redis_connection=host:port); materialize and
 serving use what the build rendered. A bad config, table or connection: one line `error: ...`, exit status 2.

@@ -26,6 +26,7 @@ discount, store_distance_km) come from the caller: each a scalar for the whole r
 from __future__ import annotations
 
 import operator
+import os
 import sqlite3
 from datetime import datetime
 from functools import lru_cache
@@ -199,13 +200,21 @@ class SqliteValues(FeastValues):
             path = Path(self.config.repo_path) / path
         if not path.exists():
             raise FileNotFoundError(f"no online store at {path}: run `python -m feature_store materialize` first")
-        self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        self._path = path.resolve()
+        self._open()
         versioned = self.config.registry.enable_online_feature_view_versioning
         self._tables = [(compute_table_id(self.config.project, fv, versioned).replace('"', '""'), fv.join_keys[0],
                          features) for fv, features in self.views]
         self._entity_key = _entity_key_bytes(self.config.entity_key_serialization_version, b"")
 
+    def _open(self) -> None:
+        self._file = _identity(self._path)
+        self._db = sqlite3.connect(f"{self._path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+
     def read(self, ids: dict[str, list[int]]) -> dict[str, list]:
+        if _identity(self._path) != self._file:  # materialize renamed a new online.db into place: read that one
+            self._db.close()
+            self._open()
         out = {}
         for table, key, features in self._tables:
             keys = [self._entity_key(key, i) for i in ids[key]]
@@ -215,6 +224,12 @@ class SqliteValues(FeastValues):
             for f in features:
                 out[f] = [found.get((k, f)) for k in keys]
         return out
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of a file: a new online.db renamed into place has another inode (one stat per request)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 class RedisValues(FeastValues):

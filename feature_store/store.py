@@ -14,11 +14,16 @@ online store; feature_store.derive computes the tables; feature_store.features a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import json
+import os
+import shutil
+import sqlite3
 import string
 import sys
+import uuid
 import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,7 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from core.config import ConfigError, config_to_dict
-from core.files import staged_folder, write_text_atomically
+from core.files import staged_file, staged_folder, write_text_atomically
 from feature_store import derive
 from feature_store.config import SPLITS, FeatureStoreConfig, Layout, parse_time
 from feature_store.features import (
@@ -45,6 +50,82 @@ from feature_store.schema import (
 PACKAGE_REPO = Path(__file__).resolve().parent / "repo"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 IMPRESSION_COLUMNS = tuple(dict.fromkeys(ID_COLUMNS + CONTEXT + LABELS))  # what a training row takes from the log
+REGISTRY_STORE = "feature_store.store.AtomicFileRegistryStore"
+
+
+def __getattr__(name: str):
+    """AtomicFileRegistryStore, built on first use: Feast imports it by name (registry_store_type), and this
+    module imports Feast only when a store is used."""
+    if name == "AtomicFileRegistryStore":
+        cls = _atomic_registry_store()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _atomic_registry_store():
+    """Feast's file registry store, writing registry.db through a staged file and a rename: Feast's own store
+    truncates and rewrites the file in place, so a kill mid-write (or a reader racing a writer) saw a truncated
+    registry that no longer parses."""
+    from feast.infra.registry.file import FileRegistryStore
+    from feast.utils import _utc_now
+
+    class AtomicFileRegistryStore(FileRegistryStore):
+        def _write_registry(self, registry_proto) -> None:
+            registry_proto.version_id = str(uuid.uuid4())
+            registry_proto.last_updated.FromDatetime(_utc_now())
+            self._filepath.parent.mkdir(exist_ok=True)
+            with staged_file(self._filepath) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(registry_proto.SerializeToString())
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    return AtomicFileRegistryStore
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str):
+    """Hold an exclusive lock on the file `lock` while the block runs; a second command waits for the first
+    (flock: released by the kernel when a holder dies, so a killed run never leaves a stale lock)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another `python -m feature_store` command on {what} to finish (lock {lock})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _close_sqlite(store) -> None:
+    """Close the connection Feast's SQLite online store keeps open."""
+    online_store = getattr(store._get_provider(), "online_store", None)
+    conn = getattr(online_store, "_conn", None)
+    if conn is not None:
+        conn.close()
+        online_store._conn = None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard links for the unchanged tables of a staged offline folder (every table file is replaced by a rename,
+    never rewritten in place, so sharing the inode is safe); a copy where links are not allowed."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def require_rows(table: pa.Table, name: str, path: Path) -> pa.Table:
+    """An input table with no rows is refused: every feature table would be empty and every feature a default."""
+    if table.num_rows == 0:
+        raise SchemaError(name, None, "the table has no rows: the feature store needs every input table non-empty",
+                          path)
+    return table
 
 
 def load_definitions():
@@ -179,10 +260,34 @@ class FeatureRepo:
                 raise FileNotFoundError(f"no feature store at {self.layout.features}: run "
                                         f"`python -m feature_store build --data {self.layout.data} "
                                         f"--embeddings {self.version}` first")
-            from feast import FeatureStore  # Feast loads here, when a store is used, not on import
-
-            self._store = FeatureStore(repo_path=str(self.layout.repo))
+            self._store = self._feature_store()
         return self._store
+
+    def _feature_store(self, online_path: Path | None = None):
+        """A Feast FeatureStore of the rendered repo whose file registry is written atomically; `online_path`:
+        a SQLite online store file other than the rendered one (materialize writes a staged copy)."""
+        from feast import FeatureStore  # Feast loads here, when a store is used, not on import
+        from feast.repo_config import load_repo_config
+
+        config = load_repo_config(self.layout.repo, self.layout.repo / "feature_store.yaml")
+        registry = config.registry_config
+        if isinstance(registry, dict) and registry.get("registry_type", "file") == "file" \
+                and "://" not in str(registry.get("path", "")) and not registry.get("registry_store_type"):
+            registry["registry_store_type"] = REGISTRY_STORE
+        if online_path is not None:
+            config.online_config = {**config.online_config, "path": str(online_path)}
+        return FeatureStore(repo_path=str(self.layout.repo), config=config)
+
+    @property
+    def lock(self) -> Path:
+        """The lock every command of this data directory's feature store holds while it writes."""
+        return self.layout.features / ".lock"
+
+    def _recover_offline(self) -> None:
+        """A build killed between its two renames left the previous offline folder at .offline.old: put it back."""
+        old = self.layout.features / ".offline.old"
+        if old.exists() and not self.layout.offline.exists():
+            os.replace(old, self.layout.offline)
 
     def registered_dim(self) -> int | None:
         """The embedding_dim this version is registered with in the Feast registry (None if not registered)."""
@@ -215,50 +320,98 @@ class FeatureRepo:
     # build
 
     def build(self) -> dict:
-        """Compute the feature tables from the raw and embedding tables, render the repo and apply it."""
+        """Compute the feature tables from the raw and embedding tables, render the repo and apply it.
+
+        All or nothing: every input is read and validated (and refused when empty) before anything is written;
+        the tables are written into a staged copy of the offline folder that replaces it in one swap, so a build
+        that fails or is killed leaves the previous offline store as it was. The repo files and the registry
+        (each written atomically) follow the swap; a rerun rewrites them to the same content."""
         meta = embedding_metadata(self.layout, self.version)
         self._template()  # a template that cannot take the configured online store fails before any work
         dim = meta["embedding_dim"]
-        registered = self.registered_dim()
-        if registered is not None and registered != dim:
-            raise SchemaError("product_embeddings", "embedding",
-                              f"embedding version '{self.version}' is registered with embedding_dim {registered}, "
-                              f"its tables now have {dim}: use a new embedding version name",
-                              self.layout.embeddings(self.version))
-        emb = self.layout.embeddings(self.version)
-        steps = tqdm(total=11, desc=f"feature_store build {self.version}", disable=not self.cfg.progress)
-        product_emb = read_table("product_embeddings", emb / "products", embedding_dim=dim)
-        query_emb = read_table("query_embeddings", emb / "queries", embedding_dim=dim)
-        products = read_table("products", self.layout.raw("products"), columns=[],  # absent ones: defaults
-                              if_present=["aisle", "brand", "store_id", "price", "created_ts"])
-        impressions = read_table("impressions", self.layout.raw("impressions"),
-                                 columns=["ts", "user_id", "query_id", "product_id", "ad_id", "click", "rating",
-                                          "rating_count"])
-        purchases = read_table("purchases", self.layout.raw("purchases"))
-        steps.update(1)
-        first_us = int(pc.min(impressions.column("ts")).cast(pa.int64()).as_py()) if impressions.num_rows else None
-
-        tables = {
-            "product_embedding_features": lambda: derive.embedding_features("product", product_emb),
-            "query_embedding_features": lambda: derive.embedding_features("query", query_emb),
-            "user_history_features": lambda: derive.user_history_features(
-                purchases, product_emb, dim, self.cfg.history_days, keep_from_us=first_us),
-            "product_attribute_features": lambda: derive.product_attribute_features(products),
-            "product_rating_features": lambda: derive.product_rating_features(impressions),
-            **{f"{e}_count_features": (lambda e=e: derive.count_features(e, impressions)) for e in COUNT_ENTITIES},
-        }
-        rows = {}
-        for table, compute in tables.items():
-            steps.set_postfix_str(table)
-            data = compute()
-            write_table(table, data, self.table_path(table).parent,
-                        embedding_dim=dim if table in self.defs.VERSIONED_TABLES else None)
-            rows[table] = data.num_rows
+        with exclusive(self.lock, str(self.layout.features)):
+            self._recover_offline()
+            registered = self.registered_dim()
+            if registered is not None and registered != dim:
+                raise SchemaError("product_embeddings", "embedding",
+                                  f"embedding version '{self.version}' is registered with embedding_dim "
+                                  f"{registered}, its tables now have {dim}: use a new embedding version name",
+                                  self.layout.embeddings(self.version))
+            steps = tqdm(total=11, desc=f"feature_store build {self.version}", disable=not self.cfg.progress)
+            inputs = self._inputs(dim)
             steps.update(1)
-        self._apply(dim, meta)
-        steps.update(1)
-        steps.close()
+            rows = self._write_offline(inputs, dim, steps)
+            self._apply(dim, meta)
+            steps.update(1)
+            steps.close()
         return {"embedding_version": self.version, "embedding_dim": dim, "rows": rows}
+
+    def _inputs(self, dim: int) -> dict[str, tuple[pa.Table, Path]]:
+        """Every input table, read, validated and checked non-empty: {table: (rows, path)}."""
+        emb = self.layout.embeddings(self.version)
+        paths = {"product_embeddings": emb / "products", "query_embeddings": emb / "queries",
+                 "products": self.layout.raw("products"), "impressions": self.layout.raw("impressions"),
+                 "purchases": self.layout.raw("purchases")}
+        read = {
+            "product_embeddings": lambda p: read_table("product_embeddings", p, embedding_dim=dim),
+            "query_embeddings": lambda p: read_table("query_embeddings", p, embedding_dim=dim),
+            "products": lambda p: read_table("products", p, columns=[],  # absent ones: defaults
+                                             if_present=["aisle", "brand", "store_id", "price", "created_ts"]),
+            "impressions": lambda p: read_table("impressions", p, columns=["ts", "user_id", "query_id",
+                                                                          "product_id", "ad_id", "click",
+                                                                          "rating", "rating_count"]),
+            "purchases": lambda p: read_table("purchases", p),
+        }
+        return {name: (require_rows(read[name](path), name, path), path) for name, path in paths.items()}
+
+    def _derived(self, inputs: dict, dim: int) -> dict:
+        """{feature table: (the input tables it is computed from, how)}."""
+        table = {name: rows for name, (rows, _) in inputs.items()}
+        impressions = table["impressions"]
+        first_us = int(pc.min(impressions.column("ts")).cast(pa.int64()).as_py())
+        return {
+            "product_embedding_features": (("product_embeddings",),
+                                           lambda: derive.embedding_features("product", table["product_embeddings"])),
+            "query_embedding_features": (("query_embeddings",),
+                                         lambda: derive.embedding_features("query", table["query_embeddings"])),
+            "user_history_features": (("purchases", "product_embeddings"), lambda: derive.user_history_features(
+                table["purchases"], table["product_embeddings"], dim, self.cfg.history_days, keep_from_us=first_us)),
+            "product_attribute_features": (("products",), lambda: derive.product_attribute_features(table["products"])),
+            "product_rating_features": (("impressions",), lambda: derive.product_rating_features(impressions)),
+            **{f"{e}_count_features": (("impressions",), lambda e=e: derive.count_features(e, impressions))
+               for e in COUNT_ENTITIES},
+        }
+
+    def _write_offline(self, inputs: dict, dim: int, steps) -> dict[str, int]:
+        """Write every feature table into a staged copy of the offline folder (the other embedding versions'
+        tables linked in unchanged) and swap it in. A derived table that fails its contract names the inputs it
+        came from: the problem is in them, not in the feature store."""
+        offline = self.layout.offline
+        mine = {self.table_path(t).parent.relative_to(offline) for t in STORE_TABLES}
+        rows = {}
+        with staged_folder(offline, old=self.layout.features / ".offline.old") as tmp:
+            tmp.chmod(0o755)  # a staging folder is private (0700); the offline store is not
+            if offline.is_dir():
+                for entry in sorted(offline.rglob("*")):
+                    rel = entry.relative_to(offline)
+                    if any(rel == m or m in rel.parents for m in mine) or not entry.is_file():
+                        continue
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(str(entry), str(tmp / rel))
+            for table, (sources, compute) in self._derived(inputs, dim).items():
+                steps.set_postfix_str(table)
+                try:
+                    data = compute()
+                except SchemaError as err:
+                    names = " and ".join(f"'{s}' ({inputs[s][1]})" for s in sources)
+                    raise SchemaError(sources[0], None, f"the input table(s) {names} give an invalid feature table "
+                                      f"'{table}': {err.problem}" + (f" (column '{err.column}')" if err.column
+                                                                      else ""), inputs[sources[0]][1]) from None
+                write_table(table, data, tmp / self.table_path(table).parent.relative_to(offline),
+                            embedding_dim=dim if table in self.defs.VERSIONED_TABLES else None)
+                rows[table] = data.num_rows
+                steps.update(1)
+        return rows
 
     def _template(self) -> str:
         """The feature_store.yaml template's text. A template with its own online_store section (no
@@ -328,7 +481,17 @@ class FeatureRepo:
     # online store
 
     def materialize(self, end: datetime | None = None) -> datetime:
-        """Rewrite the online store of this version's views with the latest rows at or before `end`."""
+        """Rewrite the online store of this version's views with the latest rows at or before `end`.
+
+        SQLite: the rewrite goes into a staged copy of online.db that replaces it in one rename, so a reader (or a
+        run killed midway) never sees a half-written store. Redis: Feast writes the keys in place, so a reader
+        may see a mix while it runs; a rerun rewrites every view from scratch (the same final state). Under the
+        feature store's lock, like build and training-set: a second run waits for the first."""
+        with exclusive(self.lock, str(self.layout.features)):
+            self._recover_offline()
+            return self._materialize_locked(end)
+
+    def _materialize_locked(self, end: datetime | None) -> datetime:
         dim = self.embedding_dim()
         self.check_tables(dim)
         if end is None:
@@ -336,12 +499,29 @@ class FeatureRepo:
                    else max(b for _, b in self.splits().values()))
         if end.tzinfo is None:
             raise SchemaError("materialize", "end", f"{end} has no time zone: a UTC time is required")
-        store = self.store
-        built_with = store.config.online_store.type
+        built_with = self.store.config.online_store.type
         if self.cfg.online_store != "sqlite" and built_with != self.cfg.online_store:  # the key is read by build
             raise ConfigError(f"FeatureStoreConfig: 'online_store' is {self.cfg.online_store!r}, but "
                               f"{self.layout.repo} was built with the {built_with!r} online store: run `build` with "
                               f"online_store={self.cfg.online_store} first")
+        if built_with != "sqlite":
+            self._materialize(self.store, end)
+            return end
+        online = Path(self.store.config.online_store.path)
+        if not online.is_absolute():
+            online = self.layout.repo / online
+        with staged_file(online) as tmp:
+            if online.exists():  # other versions' views stay as they are
+                with contextlib.closing(sqlite3.connect(online)) as src, \
+                        contextlib.closing(sqlite3.connect(tmp)) as dst:
+                    src.backup(dst)
+            staged = self._feature_store(online_path=tmp)
+            self._materialize(staged, end)
+            _close_sqlite(staged)  # every write committed and the file closed before the rename
+        self._store = None  # the registry now records the materialization
+        return end
+
+    def _materialize(self, store, end: datetime) -> None:
         views = list(self.views.values())
         fvs = [store.get_feature_view(v) for v in views]
         provider = store._get_provider()
@@ -357,7 +537,6 @@ class FeatureRepo:
                     quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
                     quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
                 store.materialize(start_date=EPOCH, end_date=end, feature_views=views)
-        return end
 
     # -----------------------------------------------------------------------------------------------------------
     # offline: point-in-time features and training sets
@@ -381,7 +560,14 @@ class FeatureRepo:
         return out.take(pc.sort_indices(out.column("fs_row")))
 
     def training_sets(self) -> dict:
-        """training_sets/<version>/{train,valid,test}/part-*.parquet + metadata.json, written atomically."""
+        """training_sets/<version>/{train,valid,test}/part-*.parquet + metadata.json, written into a staged folder
+        renamed into place. Under the feature store's lock: a second run waits, then writes the same folder again
+        (two runs racing their renames would otherwise fail one with an OSError and leave a stray folder)."""
+        with exclusive(self.lock, str(self.layout.features)):
+            self._recover_offline()
+            return self._training_sets()
+
+    def _training_sets(self) -> dict:
         meta = embedding_metadata(self.layout, self.version)
         dim = self.embedding_dim()
         table_rows = self.check_tables(dim)
@@ -395,7 +581,7 @@ class FeatureRepo:
         if not files:
             raise FileNotFoundError(f"table 'impressions': no parquet files in {self.layout.raw('impressions')}")
         bar = tqdm(files, desc=f"training sets {self.version}", unit="part", disable=not self.cfg.progress)
-        with staged_folder(target) as tmp:
+        with staged_folder(target, old=target.with_name(f".{target.name}.old")) as tmp:
             for chunk in _chunks(bar, self.cfg.chunk_rows):
                 store = self.historical(chunk.select(["ts", *ENTITY_KEYS]))
                 table = assemble({c: chunk.column(c) for c in IMPRESSION_COLUMNS},

@@ -35,9 +35,11 @@ succeeded and wrote one score per input row, so a failed run leaves no output (a
 file at `--output` stays as it was). Rows come out in no particular order: join on the keys. `--output` must be a
 local (or mounted) path: the final rename is os.replace. Everything that can be checked before the pipeline starts
 is (the model folder and its model_info.json, the signature, every input column, its type and embedding width, the
-key columns, an empty input); a `BatchScoreError` names the file, the column and what was expected, and `main`
-returns 2. A problem only the data shows (a wrong width or a null in a later row group) fails the pipeline with
-that error instead.
+key columns, an empty input, and in one pass over the keys and float inputs: NaN or infinite values (NaN in a
+dense input is scored only with --nan=impute, as the model imputes it) and duplicate keys); a `BatchScoreError`
+names the file, the column, the number of rows and an example key, and `main` returns 2. Probabilities that are
+not finite (a diverged model) fail the run before the output is renamed into place. A problem only the data
+shows (a wrong width or a null in a later row group) fails the pipeline with that error instead.
 
 Speed: benchmarks/serving_bench.py measures this pipeline, in-process and on 2 worker processes, against direct
 serving_default calls on the same parquet (beam_over_direct, beam_mp_over_direct).
@@ -54,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -69,6 +72,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tfx_bsl.public.beam.run_inference import RunInference
 from tfx_bsl.public.proto import model_spec_pb2
 
+from core.files import staged_file
 from feature_store.schema import checked_embedding_matrix
 from ranking.serving.contract import read_model_info, resolve_version_dir
 from ranking.serving.tf_example import encode_examples, table_to_columns
@@ -157,8 +161,20 @@ def _check_widths(file: Path, inputs: dict[str, dict]) -> None:
         checked_embedding_matrix(sample.column(name), name, inputs[name]["shape"][1], f"{file}: ", BatchScoreError)
 
 
-def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None) -> ScoringPlan:
-    """Check the model folder and the input against each other; a BatchScoreError says what is wrong."""
+def _read_schema(file: Path) -> pa.Schema:
+    """The file's schema; a truncated or non-parquet file is a BatchScoreError naming it (pyarrow's own message
+    does not name the file)."""
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise BatchScoreError(f"{file}: not a readable parquet file ({err})") from None
+
+
+def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] | None = None,
+                 nan_ok: bool = False) -> ScoringPlan:
+    """Check the model folder and the input against each other; a BatchScoreError says what is wrong.
+    nan_ok: NaN in the dense inputs the model imputes (model_info.json `nan_impute`) is scored (--nan=impute);
+    otherwise refused like inf."""
     model_dir = resolve_version_dir(model_dir)
     try:
         info = read_model_info(model_dir)
@@ -170,7 +186,7 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
                               "re-export the model with python -m ranking.serving.export")
     inputs = info["inputs"]
     files = input_files(input_path)
-    schemas = {f: pq.read_schema(f) for f in files}
+    schemas = {f: _read_schema(f) for f in files}
     first = schemas[files[0]]
     if keys is None:
         keys = [k for k in DEFAULT_KEYS if k in first.names]
@@ -194,8 +210,74 @@ def plan_scoring(model_dir: str | Path, input_path: str | Path, keys: list[str] 
         raise BatchScoreError(f"input {input_path} has no rows: nothing to score")
     for file in files:
         _check_widths(file, inputs)
+    imputed = set(info.get("nan_impute") or {})
+    if nan_ok and not imputed:
+        raise BatchScoreError(f"--nan=impute: {model_dir} does not impute NaN inputs (its model_info.json records "
+                              "no 'nan_impute' train means: trained with features.nan_policy=fail, or exported "
+                              "before they were recorded), so its graph would turn a NaN into an arbitrary score")
+    check_values(files, inputs, keys, imputed if nan_ok else set())
     key_schema = pa.schema([first.field(k) for k in keys])
     return ScoringPlan(model_dir, inputs, files, tuple(keys), key_schema, rows)
+
+
+def _example_key(keys: pa.Table, mask) -> str:
+    """The key columns of the first row where `mask` is true, as k=v pairs."""
+    row = keys.filter(mask).slice(0, 1).to_pylist()[0]
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in row.items())
+
+
+def _not_finite(file: Path, name: str, values: pa.Array, keys: pa.Table, nan_ok: bool) -> None:
+    """NaN or +/-inf in a float input: a model turns them into a plausible-looking score (a clipped or
+    normalised NaN), so they are refused, naming the rows. nan_ok: NaN in this dense input is scored as the
+    model imputes it (its train mean)."""
+    flat = pc.list_flatten(values) if pa.types.is_list(values.type) or pa.types.is_large_list(values.type) \
+        or pa.types.is_fixed_size_list(values.type) else values
+    if not pa.types.is_floating(flat.type) or len(flat) == 0:
+        return
+    is_inf, is_nan = pc.is_inf(flat), pc.is_nan(flat)
+    if flat is not values:  # per row: any component
+        parents = pc.list_parent_indices(values)
+        bad_rows = np.zeros(len(values), bool)
+        bad_rows[parents.to_numpy()[pc.or_(is_inf, is_nan).to_numpy(zero_copy_only=False)]] = True
+        kinds = [k for k, m in (("NaN", is_nan), ("infinite", is_inf)) if pc.any(m).as_py()]
+        what = f"embedding rows with {' and '.join(kinds)} components"
+    else:
+        bad = pc.or_(is_inf, is_nan) if not nan_ok else is_inf
+        bad_rows = bad.to_numpy(zero_copy_only=False)
+        kinds = [k for k, m in (("NaN", is_nan), ("infinite", is_inf)) if (k != "NaN" or not nan_ok)
+                 and pc.any(m).as_py()]
+        what = f"{' or '.join(kinds)} values"
+    if n := int(bad_rows.sum()):
+        hint = ("; --nan=impute scores NaN dense values with the train mean, for a model trained with "
+                "features.nan_policy=impute" if "NaN" in what and flat is values else "")
+        raise BatchScoreError(f"{file}: column '{name}' has {n} rows of {len(values)} with {what} (e.g. "
+                              f"{_example_key(keys, pa.array(bad_rows))}): the model needs finite values{hint}")
+
+
+def check_values(files: list[Path], inputs: dict[str, dict], keys: list[str], imputed: set[str] = frozenset()
+                 ) -> None:
+    """Every float input finite in every row (NaN allowed in the dense inputs the model imputes) and the keys
+    unique over all files: each a BatchScoreError naming the file, the column, the count and an example key.
+    One pass over the keys and float inputs before the pipeline, so the error is a line, not a failed job."""
+    floats = [name for name, entry in inputs.items() if entry["dtype"] == "float32"]
+    seen = []
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.metadata.num_row_groups):
+            table = parquet.read_row_group(group, columns=list(dict.fromkeys([*keys, *floats])))
+            key_table = table.select(keys)
+            for name in floats:
+                _not_finite(file, name, table.column(name).combine_chunks(), key_table, name in imputed)
+            seen.append(key_table)
+    every = pa.concat_tables(seen, promote_options="permissive")
+    counts = every.group_by(keys).aggregate([([], "count_all")])
+    if counts.num_rows != every.num_rows:
+        dup = counts.filter(pc.greater(counts.column("count_all"), 1))
+        example = ", ".join(f"{k}={dup.column(k)[0].as_py()!r}" for k in keys)
+        raise BatchScoreError(f"input {files[0].parent if len(files) > 1 else files[0]}: the key column(s) "
+                              f"{', '.join(keys)} hold {every.num_rows - counts.num_rows} duplicate rows (e.g. "
+                              f"{example} appears {dup.column('count_all')[0].as_py()} times): each row needs a "
+                              f"unique key to join its score back (name unique columns with --keys)")
 
 
 # ------------------------------------------------------------------------------------------------ pipeline steps
@@ -328,7 +410,13 @@ def run_pipeline(plan: ScoringPlan, output: str | Path, batch_size: int, beam_ar
         written = pq.ParquetFile(tmp / "scores.parquet").metadata.num_rows
         if written != plan.rows:  # a lost or repeated bundle, or input files changed while the pipeline ran
             raise RuntimeError(f"the pipeline wrote {written} scores for {plan.rows} input rows")
-        os.replace(tmp / "scores.parquet", output)
+        probability = pq.read_table(tmp / "scores.parquet", columns=["probability"]).column("probability")
+        if n := plan.rows - int(pc.sum(pc.is_finite(probability)).as_py() or 0):
+            raise BatchScoreError(f"the model {plan.model_dir} returned {n} non-finite probabilities for {plan.rows} "
+                                  f"rows (its weights or its handling of NaN inputs are not finite): no output "
+                                  f"written")
+        with staged_file(output) as staged:  # core.files' rename, with its fault points for the kill tests
+            os.replace(tmp / "scores.parquet", staged)
     finally:
         _PROGRESS.pop(str(tmp)).close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -350,6 +438,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help=f"comma-separated key columns copied to the output (default: those of "
                              f"{','.join(DEFAULT_KEYS)} present in the input)")
     parser.add_argument("--batch-size", type=int, default=4096, help="examples per inference call")
+    parser.add_argument("--nan", choices=("refuse", "impute"), default="refuse",
+                        help="NaN in a dense input: refuse the input (default), or score it as the model imputes "
+                             "it (the train mean for a model trained with features.nan_policy=impute); "
+                             "infinite values and NaN embedding components are always refused")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser.parse_known_args(argv)
 
@@ -357,15 +449,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     if args.batch_size < 1:
-        print("batch_score: error: --batch-size must be >= 1", file=sys.stderr)
+        print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
     keys = [k.strip() for k in args.keys.split(",") if k.strip()] if args.keys else None
     try:
-        plan = plan_scoring(args.model, args.input, keys)
+        plan = plan_scoring(args.model, args.input, keys, nan_ok=args.nan == "impute")
+        out = run_pipeline(plan, args.output, args.batch_size, beam_args, args.progress)
     except BatchScoreError as e:
-        print(f"batch_score: error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    out = run_pipeline(plan, args.output, args.batch_size, beam_args, args.progress)
     print(f"scored {plan.rows:,} rows with {plan.model_dir} -> {out}", flush=True)
     return 0
 

@@ -34,6 +34,11 @@ What the signatures do with bad input (tests/ranking/serving/test_contract.py ch
 - An empty batch returns empty `probability` and `logit` tensors [0].
 Python callers (the online scorer, `python -m ranking.serving.export --verify`) call `check_request(features, inputs)`
 first: a plain ValueError naming the input and its expected dtype and shape, before any TensorFlow call.
+
+What the readers do with a bad folder: `read_model_info` and `load_serving_fn` raise ExportError (a ValueError)
+naming the folder or file: no saved_model.pb (not a SavedModel, an empty version folder), a SavedModel that does
+not load, no such signature, a model_info.json that is missing or not a JSON object with an inputs section, or a
+serving_default signature whose inputs (names, dtypes, shapes) differ from model_info.json's.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from tqdm import tqdm
 from ranking.tf_legacy_keras import tf  # isort: skip
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2  # noqa: E402  isort: skip
 
+from core.files import alive, fault_point
 from ranking.models import PCTRModel, build_model
 from ranking.pipeline import input_signature
 from ranking.serving.tf_example import check_columns, encode_examples, parse_spec
@@ -114,21 +120,33 @@ def resolve_version_dir(path: str | Path) -> Path:
     return max(versions, key=lambda p: int(p.name)) if versions else path
 
 
+class ExportError(ValueError):
+    """A model folder that is not an export of this contract: names the folder or file and what is wrong."""
+
+
 def read_model_info(model_dir: str | Path) -> dict:
-    """assets.extra/model_info.json of an exported version folder; ValueError naming what is missing."""
+    """assets.extra/model_info.json of an exported version folder; ExportError naming what is missing."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ValueError(f"model folder {model_dir} does not exist (expected <export_dir>/<model>/<version>/)")
+        raise ExportError(f"model folder {model_dir} does not exist (expected <export_dir>/<model>/<version>/)")
     if not (model_dir / "saved_model.pb").is_file():
-        raise ValueError(f"{model_dir} is not a SavedModel: no saved_model.pb (pass a version folder, "
-                         "e.g. exports/dashclip_two_tower/1)")
+        raise ExportError(f"{model_dir} is not a SavedModel: no saved_model.pb (pass a version folder, "
+                          "e.g. exports/dashclip_two_tower/1)")
     path = model_dir / "assets.extra" / "model_info.json"
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: the model's inputs are unknown (export it with "
-                         "python -m ranking.serving.export)")
-    info = json.loads(path.read_text())
-    if not isinstance(info.get("inputs"), dict) or not info["inputs"]:
-        raise ValueError(f"{path} has no 'inputs' section")
+        raise ExportError(f"{path} does not exist: the model's inputs are unknown (export it with "
+                          "python -m ranking.serving.export)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(info, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    inputs = info.get("inputs")
+    if not isinstance(inputs, dict) or not inputs or not all(
+            isinstance(v, dict) and isinstance(v.get("dtype"), str) and isinstance(v.get("shape"), list)
+            for v in inputs.values()):
+        raise ExportError(f"{path} has no 'inputs' section of {{name: {{dtype, shape}}}}")
     return info
 
 
@@ -149,6 +167,7 @@ def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extr
     """
     root = Path(export_dir) / model_name
     root.mkdir(parents=True, exist_ok=True)
+    remove_dead_staging(root)
     version = next_version(root)
     tmp = root / f".tmp-{version}-{os.getpid()}"  # not a number: TensorFlow Serving ignores it
     shutil.rmtree(tmp, ignore_errors=True)
@@ -192,17 +211,29 @@ def _next_step(bar: tqdm, step: str) -> None:
     bar.set_postfix_str(step)
 
 
+def remove_dead_staging(root: Path) -> None:
+    """Staging folders (.tmp-<version>-<pid>) that exports killed mid-write left under root: hidden from
+    TensorFlow Serving and from version numbering, but each holds a whole SavedModel."""
+    for tmp in root.glob(".tmp-*-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish(tmp: Path, root: Path, version: int) -> Path:
     """Rename the finished folder to the next free version under root: a version is never overwritten."""
     while True:
         final = root / str(version)
+        fault_point("before-rename", final)
         try:
             os.rename(tmp, final)  # fails if `final` exists and is not empty
-            return final
         except OSError:
             if not final.exists():
                 raise
             version += 1  # another writer took this version meanwhile
+            continue
+        fault_point("after-rename", final)
+        return final
 
 
 def _check_same_weights(a: PCTRModel, b: PCTRModel) -> None:
@@ -275,8 +306,40 @@ def read_warmup(version_dir: str | Path) -> list[tuple[str, dict[str, np.ndarray
 
 
 def load_serving_fn(path: str | Path, signature: str = "serving_default"):
-    """One signature function of a SavedModel (serving_default: call it with keyword tensors)."""
-    return tf.saved_model.load(str(path)).signatures[signature]
+    """One signature function of a SavedModel (serving_default: call it with keyword tensors). ExportError naming
+    the folder for one that does not load or lacks the signature, and, where assets.extra/model_info.json says
+    what serving_default takes, for a signature whose inputs differ from it (every reader trusts model_info)."""
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise ExportError(f"{path} is not a SavedModel: no saved_model.pb (pass a version folder, "
+                          "e.g. exports/dashclip_two_tower/1)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError, tf.errors.OpError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{path}: the SavedModel does not load ({type(err).__name__}: {first})") from None
+    if signature not in loaded.signatures:
+        raise ExportError(f"{path} has no '{signature}' signature (it has: "
+                          f"{', '.join(loaded.signatures) or 'none'})")
+    fn = loaded.signatures[signature]
+    if signature == "serving_default" and (path / "assets.extra" / "model_info.json").is_file():
+        check_signature(fn, read_model_info(path)["inputs"], path)
+    return fn
+
+
+def check_signature(fn, inputs: dict[str, dict], path: str | Path) -> None:
+    """ExportError unless the signature `fn` takes exactly `inputs` (model_info.json's), dtypes and shapes too."""
+    specs = fn.structured_input_signature[1]
+    have = {name: {"dtype": spec.dtype.name, "shape": [-1 if d is None else d for d in spec.shape.as_list()]}
+            for name, spec in specs.items()}
+    missing, extra = sorted(set(inputs) - set(have)), sorted(set(have) - set(inputs))
+    if missing or extra:
+        raise ExportError(f"{path}: the serving_default signature's inputs differ from model_info.json: "
+                          f"missing {', '.join(missing) or 'none'}; not declared {', '.join(extra) or 'none'}")
+    for name, want in sorted(inputs.items()):
+        if have[name] != {"dtype": want["dtype"], "shape": list(want["shape"])}:
+            raise ExportError(f"{path}: signature input '{name}' is {have[name]['dtype']} {have[name]['shape']}, "
+                              f"model_info.json declares {want['dtype']} {want['shape']}")
 
 
 def _batches(columns: Mapping[str, np.ndarray], spec: FeatureSpec, batch_size: int):

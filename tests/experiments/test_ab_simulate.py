@@ -184,10 +184,19 @@ def test_each_analysed_experiment_is_an_mlflow_run_in_ab_tests(candidates, posit
     infos = {arm: {"model": model, "mlflow_run_id": f"run-{arm}", "mlflow_parent_run_id": "parent-1"}
              for arm, model in zip(sim.ARMS, ("dcn", "dashclip_two_tower"))}
     exports = {"control": Path("exports/dcn/3"), "treatment": Path("exports/dashclip_two_tower/7")}
-    run_id = sim.track(sim.AbSimConfig(), log, truth, None, infos, exports, None, tmp_path)
+    import subprocess
+    import sys
+
+    from core.tracking import owner_tags, setup_mlflow
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     client = MlflowClient(tracking_uri=uri)
+    killed = client.create_run(setup_mlflow("ab-tests"),  # a simulation SIGKILLed inside its run
+                               tags={**owner_tags(), "dashclip.pid": dead.stdout.strip()}).info.run_id
+    run_id = sim.track(sim.AbSimConfig(), log, truth, None, infos, exports, None, tmp_path)
     run = client.get_run(run_id)
     assert client.get_experiment(run.info.experiment_id).name == "ab-tests"
+    assert client.get_run(killed).info.status == "KILLED" and run.info.status == "FINISHED"
     assert run.data.tags["control.pctr_ranking_parent_run_id"] == "parent-1"
     assert run.data.params["treatment_model"] == "dashclip_two_tower/7"
     for key in ("ctr/rel_lift", "ctr/rel_ci_low", "ctr_cuped/rel_ci_high", "cvr/p_value", "srm_p_value",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,13 @@ def _set_width(table: pa.Table, name: str, width: int) -> pa.Table:
     ("wrong_width", "'query_embedding'"),
     ("empty", "no rows"),
     ("missing_key", "key column 'basket_id'"),
+    ("nan_dense", r"in.parquet: column 'price' has 2 rows of 50 with NaN values \(e.g. impression_id=\d+, "
+                  r"request_id=.*\): the model needs finite values; --nan=impute scores"),
+    ("inf_dense", r"in.parquet: column 'price' has 1 rows of 50 with infinite values \(e.g. impression_id=\d+"),
+    ("inf_embedding", r"in.parquet: .*column 'query_embedding' has .*infinite"),
+    ("truncated", r"in.parquet: not a readable parquet file"),
+    ("duplicate_ids", r"the key column\(s\) impression_id hold 1 duplicate rows \(e.g. impression_id=\d+ appears 2 "
+                      r"times\)"),
 ])
 def test_batch_score_errors_name_the_problem(case, expected, trained, test_table, tmp_path, capsys):
     model, data = trained.version, tmp_path / "in.parquet"
@@ -97,19 +105,36 @@ def test_batch_score_errors_name_the_problem(case, expected, trained, test_table
         sample = sample.slice(0, 0)
     elif case == "missing_key":
         keys = ["--keys", "impression_id,basket_id"]
+    elif case in ("nan_dense", "inf_dense"):  # a model turns these into plausible scores: refused
+        price = sample.column("price").to_numpy().copy()
+        price[[3, 7] if case == "nan_dense" else [5]] = np.nan if case == "nan_dense" else np.inf
+        sample = sample.set_column(sample.schema.get_field_index("price"), "price", pa.array(price, pa.float32()))
+    elif case == "inf_embedding":
+        values = np.array(sample.column("query_embedding").to_pylist(), np.float32)
+        values[4, 2] = -np.inf
+        sample = sample.set_column(sample.schema.get_field_index("query_embedding"), "query_embedding",
+                                   pa.array(list(values), pa.list_(pa.float32())))
+    elif case == "duplicate_ids":
+        sample = pa.concat_tables([sample, sample.slice(9, 1)])
+        keys = ["--keys", "impression_id"]
     _write(sample, data)
+    if case == "truncated":
+        data.write_bytes(data.read_bytes()[:-100])
     out = tmp_path / "scores.parquet"
     assert main(["--model", str(model), "--input", str(data), "--output", str(out), *keys]) == 2
     err = capsys.readouterr().err
-    assert expected in err, err
+    assert re.search(expected, err) if case in ("nan_dense", "inf_dense", "inf_embedding", "duplicate_ids", "truncated") \
+        else expected in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
     if case == "wrong_width":
         assert f"width {DIM}" in err, err
     assert not out.exists()
 
 
-def test_failed_pipeline_leaves_no_output(trained, test_table, tmp_path):
-    """A wrong width the pre-check cannot see (second row group) fails inside the pipeline: no output file and
-    no temporary folder are left, and an older output at the same path is untouched."""
+def test_failed_pipeline_leaves_no_output(trained, test_table, tmp_path, capsys):
+    """A wrong width the pre-check cannot see (second row group) fails inside the pipeline, as the one-line
+    BatchScoreError (Beam re-raises the step's own error): no output file and no temporary folder are left, and
+    an older output at the same path is untouched."""
     good = test_table.slice(0, 300)
     bad = _set_width(test_table.slice(300, 300), "history_embedding", DIM + 2)
     data = tmp_path / "in.parquet"
@@ -119,8 +144,10 @@ def test_failed_pipeline_leaves_no_output(trained, test_table, tmp_path):
     assert pq.ParquetFile(data).metadata.num_row_groups == 2
     out = tmp_path / "out" / "scores.parquet"
     _write(pa.table({"old": [1]}), out)
-    with pytest.raises(Exception, match="history_embedding"):
-        main(["--model", str(trained.version), "--input", str(data), "--output", str(out), "--batch-size", "128"])
+    assert main(["--model", str(trained.version), "--input", str(data), "--output", str(out),
+                 "--batch-size", "128"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"error: .*'history_embedding' should have width 16", err), err
     assert sorted(p.name for p in out.parent.iterdir()) == ["scores.parquet"]
     assert pq.read_table(out).column_names == ["old"]
 
@@ -211,3 +238,20 @@ def test_multi_process_run_matches_in_process(trained, test_table, direct, tmp_p
     ids = test_table.column("impression_id").to_numpy()
     got = there.column("probability").to_numpy()
     assert np.abs(got - direct[np.argsort(ids)]).max() <= 1e-6
+
+
+def test_nan_dense_values_score_only_with_a_model_that_imputes_them(trained, test_table, tmp_path, capsys):
+    """--nan=impute hands NaN dense values to the model only where its export records the train means it fills
+    in. This model was trained with nan_policy=fail: its graph turns a NaN price into a finite, plausible score
+    (what batch_score used to write), so even with --nan=impute the input is refused."""
+    sample = test_table.slice(0, 50)
+    price = sample.column("price").to_numpy().copy()
+    price[[3, 7]] = np.nan
+    data = _write(sample.set_column(sample.schema.get_field_index("price"), "price", pa.array(price, pa.float32())),
+                  tmp_path / "in.parquet")
+    out = tmp_path / "scores.parquet"
+    assert main(["--model", str(trained.version), "--input", str(data), "--output", str(out), "--nan=impute",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: --nan=impute: .* does not impute NaN inputs .*arbitrary score\n", err)
+    assert not out.exists()

@@ -77,3 +77,29 @@ def test_cli_errors_are_one_clear_line(trained, tmp_path, capsys):
         assert re.search(message, err), err
         assert "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing written by the failed exports
+
+
+def test_a_model_with_nan_weights_is_refused_before_anything_is_written(trained, tmp_path, capsys, monkeypatch):
+    """A diverged model (a NaN weight, as an infinite input trains one) is refused with a message that says its
+    predictions are not finite; before: the export failed in the weight copy with "the weights did not copy
+    into the serving model" and left an empty <out>/<model> folder."""
+    import numpy as np
+
+    from ranking.serving import export
+
+    rebuild = export.rebuild_model
+
+    def diverged(client, run):
+        model = rebuild(client, run)
+        weight = model.trainable_weights[0]
+        weight.assign(np.full(weight.shape, np.nan, weight.dtype.as_numpy_dtype))
+        return model
+
+    monkeypatch.setattr(export, "rebuild_model", diverged)
+    out = tmp_path / "exports"
+    assert main(["--run", trained.model_run.info.run_id, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: MLflow run {trained.model_run.info.run_id}: the model's predictions are not finite "
+                        r"\(\d+ of \d+ warm-up rows of .*/test score NaN or inf; \d+ weight tensors hold NaN or inf, "
+                        r"e\.g\. .*\): its training diverged, nothing exported\n", err), err
+    assert not out.exists()
