@@ -56,7 +56,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on, load_config
+from core.config import (ConfigError, add_config_args, check_folder_name, config_from_args, config_to_dict, exit_on,
+                         load_config)
 from core.files import staged_folder, write_text_atomically
 
 ARMS = ("control", "treatment")
@@ -87,8 +88,14 @@ class AbSimConfig:
     mlflow: bool = True
 
     def validate(self) -> None:
+        if not self.out:  # the log goes to <data>/experiments/<name>: the name must keep it there
+            check_folder_name("AbSimConfig", "name", self.name)
         if self.slots < 1 or self.score_position < 1:
             raise ConfigError("slots and score_position must be >= 1")
+        if self.batch_rows < 1 or self.head_min_requests < 1 or self.sensitivity_boot < 2:
+            raise ConfigError(f"batch_rows and head_min_requests must be >= 1 and sensitivity_boot >= 2, got "
+                              f"batch_rows={self.batch_rows}, head_min_requests={self.head_min_requests}, "
+                              f"sensitivity_boot={self.sensitivity_boot}")
         if not 0 < self.treatment_share < 1:
             raise ConfigError(f"treatment_share must be in (0, 1), got {self.treatment_share}")
         if not 0 <= self.broken_split < 1:

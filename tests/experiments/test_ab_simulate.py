@@ -4,6 +4,8 @@ TRUE lift over many seeded repetitions on the tiny world."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -223,3 +225,18 @@ def test_command_line_names_a_bad_model_or_world_folder_in_one_line(tiny_world, 
         assert done.returncode == 2, done.stderr
         line = done.stderr.strip()
         assert "\n" not in line and line.startswith(f"error: {flag}") and problem in line, line
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["name=../../elsewhere"], "'name' must be a plain folder name"),  # the log would land outside <data>/experiments
+    (["batch_rows=0"], "batch_rows=0"),
+    (["sensitivity_boot=1"], "sensitivity_boot=1"),
+    (["head_min_requests=-1"], "head_min_requests=-1"),
+])
+def test_config_refuses_names_that_leave_the_data_folder_and_sizes_below_one(overrides, message):
+    from core.config import ConfigError, load_config
+    from experiments.ab_simulate import AbSimConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(AbSimConfig, None, overrides)
+    load_config(AbSimConfig, None, ["name=../x", "out=/tmp/anywhere"])  # an explicit out may be anywhere
