@@ -99,8 +99,8 @@ class NetConfig:
     content_projection_dim: int = 64  # embed_p, embed_q, embed_h widths
     content_layers: tuple[int, ...] = ()  # optional FC layers on tower B's output before the head
     head_layers: tuple[int, ...] = (128, 64)
-    dropout: float = 0.0  # Keras Dropout after each dense layer; its generator is not checkpointed, so a resumed run
-    #                       with dropout > 0 does not replay the uninterrupted run's draws (id_dropout does)
+    dropout: float = 0.0  # after each dense layer; masks drawn from (seed, step, layer), no generator state, so a
+    #                       resumed run replays the uninterrupted run's draws (ranking.models.StepDropout)
     embedding_l2: float = 0.0  # L2 on the id-embedding rows a batch uses (cheap: touched rows only)
     id_dropout: float = 0.05  # training: share of ids sent to their OOV row, which then learns unseen ids
     # Initialisers: the id-embedding table (random_uniform in [-scale, scale], random_normal / truncated_normal with

@@ -16,8 +16,10 @@ must therefore be on a filesystem they all read.
 
 Checkpoints (`<checkpoint_dir>/state/` after every epoch, `best/` at every improvement, `final/` once trained and
 calibrated) are written to a temporary folder and renamed into place, so a killed run leaves the previous complete
-checkpoint. The data order of epoch k derives from (seed, k), so a resumed run trains on the same batches as an
-uninterrupted one.
+checkpoint. The data order of epoch k derives from (seed, k), and the id-dropout and dropout draws from (seed,
+step), so a resumed run trains on the same batches with the same draws as an uninterrupted one and ends with its
+weights bit for bit. The state also holds the epochs' history rows (FitResult.restored_history after a resume).
+fit_model does not lock checkpoint_dir: ranking.train holds a lock on the experiment's checkpoint folder.
 No MLflow here: the caller passes `on_epoch` and logs what it receives.
 """
 
@@ -54,7 +56,8 @@ class FitResult:
     resumed_from: int = 0
     seconds: float = 0.0
     train_examples_per_s: float = float("nan")
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # the epochs trained in this call
+    restored_history: list[dict] = field(default_factory=list)  # those of the earlier sessions a resume continues
     calibration: tuple[float, float] = (1.0, 0.0)  # (a, b) of sigmoid(a * logit + b), fitted on valid
 
 
@@ -182,6 +185,7 @@ class _EpochEnd(tf.keras.callbacks.Callback):
                "epoch/train_examples_per_s": n_train / seconds}
         self.result.history.append({"epoch": epoch, **row})
         self.result.epochs_run += 1
+        s.setdefault("history", []).append({"epoch": epoch, **row})  # what a resumed run reports as restored_history
         if self.ckpt is not None:
             _save(self.ckpt / "state", self.model, s)
         if self.on_epoch is not None:
@@ -210,6 +214,7 @@ def fit_model(model: PCTRModel, data: TrainingSet, cfg: TrainConfig, seed: int =
         if found is not None and json.loads((found / "state.json").read_text()).get("fingerprint") == key:
             state = _restore(found, model)
             result.resumed_from = state["epoch"]
+            result.restored_history = list(state.get("history", []))
             _set_learning_rates(model, state["learning_rate"], state["table_learning_rate"])
         elif ckpt.exists() and chief:
             shutil.rmtree(ckpt)

@@ -166,9 +166,29 @@ class VectorCross(tf.keras.layers.Layer):
         return x0 * tf.matmul(x, self.w) + self.b + x  # [B, D0] * [B, 1]
 
 
+class StepDropout(tf.keras.layers.Layer):
+    """Dropout whose mask is a function of (this layer's seed, the training step) alone: no generator state, so a
+    run resumed from a checkpoint draws the masks the uninterrupted run drew (Keras's Dropout draws from a
+    generator the checkpoint does not hold). Inverted scaling as in Keras: kept units are divided by 1 - rate.
+    Each replica draws for the rows of its own batch, so under tf.distribute the masks are per worker."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = int(np.random.randint(2**31))  # from the seed of set_random_seed, like the id-dropout seed
+
+    def call(self, x, training=False, step=0):
+        if not training or not self.rate:
+            return x
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= self.rate
+        return tf.where(keep, x / (1.0 - self.rate), tf.zeros_like(x))
+
+
 def _mlp(widths: tuple[int, ...], dropout: float, name: str,
          initializer: str = "glorot_uniform") -> tf.keras.Sequential | None:
-    """ReLU layers of the given widths (None for no layers)."""
+    """ReLU layers of the given widths (None for no layers), each followed by StepDropout when dropout > 0. Run it
+    with run_mlp, which passes the training step to the dropout layers."""
     if not widths:
         return None
     layers = []
@@ -176,8 +196,17 @@ def _mlp(widths: tuple[int, ...], dropout: float, name: str,
         layers.append(tf.keras.layers.Dense(units, activation="relu", kernel_initializer=initializer,
                                             name=f"{name}_{i}"))
         if dropout:
-            layers.append(tf.keras.layers.Dropout(dropout))
+            layers.append(StepDropout(dropout, name=f"{name}_dropout_{i}"))
     return tf.keras.Sequential(layers, name=name)
+
+
+def run_mlp(mlp: tf.keras.Sequential, x, training=False, step=0):
+    """mlp(x), layer by layer so that each StepDropout gets the step (a Sequential passes only `training`)."""
+    if not mlp.built:  # what the Sequential's own first call would do: its weights are then the model's
+        mlp.build(x.shape)
+    for layer in mlp.layers:
+        x = layer(x, training=training, step=step) if isinstance(layer, StepDropout) else layer(x)
+    return x
 
 
 class DCNTower(tf.keras.layers.Layer):
@@ -195,15 +224,15 @@ class DCNTower(tf.keras.layers.Layer):
         self.deep = _mlp(net.deep_layers, net.dropout, "deep", net.dense_initializer)
         self.structure = net.structure
 
-    def call(self, x0, training=False):
+    def call(self, x0, training=False, step=0):
         x = x0
         for cross in self.crosses:
             x = cross(x0, x)  # [B, D0]
         if self.deep is None:
             return x  # [B, D0]: a pure cross network
         if self.structure == "stacked":
-            return self.deep(x, training=training)  # [B, deep_layers[-1]]
-        return tf.concat([x, self.deep(x0, training=training)], axis=1)  # [B, D0 + deep_layers[-1]]
+            return run_mlp(self.deep, x, training, step)  # [B, deep_layers[-1]]
+        return tf.concat([x, run_mlp(self.deep, x0, training, step)], axis=1)  # [B, D0 + deep_layers[-1]]
 
 
 def _cosine(a, b):
@@ -273,7 +302,8 @@ class PCTRModel(tfrs.models.Model):
         self.replica_batch_rows = 0  # the most rows one replica's batch can hold (set by ranking.fit.compile_model)
 
     def forward(self, inputs, training=False, step=0):
-        """(logits [B], the id-embedding rows used [B, F, d]); `step` keys the id-dropout draws when training."""
+        """(logits [B], the id-embedding rows used [B, F, d]); `step` keys the id-dropout and dropout draws when
+        training."""
         fused, dense = self.encoder(inputs, training=training, step=step)
         rows = self.id_embedding(fused)  # [B, F, d]
         x0 = tf.concat([tf.reshape(rows, [-1, rows.shape[1] * rows.shape[2]]), dense], axis=1)  # [B, F*d + D']
@@ -283,13 +313,13 @@ class PCTRModel(tfrs.models.Model):
             content = self.tower_b(p, q, h)
         if self.content == "concat":
             x0 = tf.concat([x0, content], axis=1)
-        x = self.tower_a(x0, training=training)
+        x = self.tower_a(x0, training=training, step=step)
         if self.content == "tower":
             if self.content_mlp is not None:
-                content = self.content_mlp(content, training=training)
+                content = run_mlp(self.content_mlp, content, training, step)
             x = tf.concat([x, content], axis=1)  # [B, H_a + H_b]
             if self.head is not None:
-                x = self.head(x, training=training)
+                x = run_mlp(self.head, x, training, step)
         return tf.squeeze(self.logit_layer(x), axis=1), rows
 
     def call(self, inputs, training=False):
