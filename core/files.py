@@ -13,19 +13,25 @@ Fault injection for the kill-and-resume tests (tests/reliability): DASHCLIP_KILL
 several rules separated by ";", makes this process SIGKILL itself at the n-th (default first) atomic write whose
 target path matches the glob (fnmatch on the whole path), at one of these moments:
     before-rename   the staged file or folder is complete but not yet under its name (a kill mid-write)
+    between-renames a folder replacing an older one: the older one moved aside (to `old`), the new one not yet in
+                    place; a restarted writer must find the older one there (replace_folder's `old`)
     after-rename    the new file or folder is in place (e.g. right after a checkpoint)
 Unset (always, outside those tests) it costs one dictionary lookup per write.
+
+    with locked(folder / ".lock", busy=lambda pid: InUse(f"... pid {pid}")):   # one writer at a time
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
+import sys
 import shutil
 import signal
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fnmatch import fnmatch
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +65,7 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
         previous = Path(old) if old is not None else target.with_name(f".{target.name}.old-{os.getpid()}")
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(target, previous)
+        fault_point("between-renames", target)
     os.replace(tmp, target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
@@ -121,3 +128,30 @@ def fault_point(moment: str, target: str | os.PathLike) -> None:
             _fault_hits[rule] += 1
             if _fault_hits[rule] == int(nth or 1):
                 os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def locked(path: str | os.PathLike, busy: Callable[[str], Exception] | None = None,
+           waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` while the block runs; the file holds the holder's pid.
+
+    fcntl.flock: the kernel releases it when the holder ends, SIGKILL included, so a killed run never blocks its
+    rerun. If another process holds it: with `busy`, raise busy(<the holder's pid>) (a second run refuses);
+    otherwise print `waiting` (if any) on stderr and wait for it (a second run queues)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if busy is not None:
+                raise busy(os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown") from None
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock

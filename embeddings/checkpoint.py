@@ -4,7 +4,9 @@ A checkpoint folder holds model.safetensors and model_config.json (the ModelConf
 fingerprint of the parameter shapes and whatever the caller adds, e.g. the training history). A training run's
 state folder (<name>.state/) is a checkpoint plus train_state.safetensors: the optimizer moments
 ("opt::<parameter>::<slot>"), the torch RNG ("rng::torch") and a stage's own tensors ("extra::<name>"), with the
-step, history and a fingerprint of the config in its JSON, so that a killed run resumes where it stopped.
+step, history and a fingerprint of the config in its JSON, so that a killed run resumes where it stopped. While a
+new state replaces the previous one, the previous waits under the fixed name .<name>.state.old, where
+find_train_state looks if a kill came between the two renames. exclusive(): one training per checkpoint at a time.
 
 Reading one never unpickles anything: a weights file that is not safetensors (torch.save's zip or a bare pickle
 where model.safetensors should be) is refused with CheckpointError before a byte of it is interpreted, as is a
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from torch import nn
 from transformers import BlipConfig, BlipForImageTextRetrieval
 
 from core.config import config_to_dict
-from core.files import staged_folder
+from core.files import locked, staged_folder
 from embeddings.config import EmbeddingConfig, ModelConfig
 from embeddings.model import DashClip
 from embeddings.pretrained import architecture, blip_config, resolved_blip_config
@@ -61,17 +64,19 @@ def _first_difference(found: dict, wanted: dict) -> str | None:
 
 
 def save_checkpoint(model: DashClip, cfg: ModelConfig, path_dir: str | Path,
-                    extra_tensors: dict[str, torch.Tensor] | None = None, extra_json: dict | None = None) -> Path:
+                    extra_tensors: dict[str, torch.Tensor] | None = None, extra_json: dict | None = None,
+                    old: Path | None = None) -> Path:
     """Write model.safetensors and model_config.json (cfg, the resolved BlipConfig, fingerprint, extra_json) into
-    path_dir, through core.files.staged_folder (complete or not at all). extra_tensors
-    (e.g. optimizer state) go to train_state.safetensors."""
+    path_dir, through core.files.staged_folder (complete or not at all; `old`: where the previous folder waits
+    during the swap, see core.files.replace_folder). extra_tensors (e.g. optimizer state) go to
+    train_state.safetensors."""
     if cfg.modalities != model.cfg.modalities:
         raise ValueError(f"cfg.modalities={cfg.modalities!r} but the model was built with {model.cfg.modalities!r}")
     if not cfg.from_blip_dir and (diff := _first_difference(architecture(model.blip_config),
                                                             architecture(blip_config(cfg)))):
         raise ValueError(f"cfg does not describe this model: the model has {diff}")
     path = Path(path_dir)
-    with staged_folder(path) as tmp:
+    with staged_folder(path, old) as tmp:
         # clone: safetensors refuses tensors that share storage (tied weights, views)
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
                   str(tmp / "model.safetensors"))
@@ -210,6 +215,27 @@ def _optimizer_tensors(model: DashClip, opt: torch.optim.Optimizer) -> dict[str,
     return out
 
 
+def _previous_state(path: Path) -> Path:
+    """Where the previous state folder waits while a new one is swapped in: a fixed name, so that a run killed
+    between the two renames finds it (a name with the pid in it would be lost with the process)."""
+    return path.with_name(f".{path.name}.old")
+
+
+def find_train_state(path_dir: str | Path) -> Path | None:
+    """The state folder, or its previous version if a kill came between the two renames of a save; None if none."""
+    path = Path(path_dir)
+    for candidate in (path, _previous_state(path)):
+        if (candidate / "model_config.json").is_file():
+            return candidate
+    return None
+
+
+def remove_train_state(path_dir: str | Path) -> None:
+    path = Path(path_dir)
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(_previous_state(path), ignore_errors=True)
+
+
 def save_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, counters: dict,
                      extra: dict[str, torch.Tensor] | None = None) -> Path:
     """Weights, optimizer moments, the torch RNG state and a stage's extra tensors; counters (JSON: step, history,
@@ -217,16 +243,17 @@ def save_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str 
     tensors = {**_optimizer_tensors(model, opt), "rng::torch": torch.get_rng_state()}
     if extra is not None:
         tensors.update({f"extra::{k}": v for k, v in extra.items()})
-    return save_checkpoint(model, model.cfg, path_dir, extra_tensors=tensors, extra_json=counters)
+    return save_checkpoint(model, model.cfg, path_dir, extra_tensors=tensors, extra_json=counters,
+                           old=_previous_state(Path(path_dir)))
 
 
 def load_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, train_fingerprint: str,
                      stage: int) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """Restore what save_train_state wrote into model, opt and the torch RNG -> (the JSON counters, the extra
-    tensors); None when path_dir holds no state. A state of another config or data (train_fingerprint differs)
-    raises CheckpointError."""
-    path = Path(path_dir)
-    if not (path / "model_config.json").is_file():
+    tensors); None when path_dir holds no state (find_train_state). A state of another config or data
+    (train_fingerprint differs) raises CheckpointError."""
+    path = find_train_state(path_dir)
+    if path is None:
         return None
     meta = read_checkpoint_meta(path)
     if meta.get("train_fingerprint") != train_fingerprint:
@@ -246,3 +273,21 @@ def load_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str 
         else:
             extra[rest] = value
     return meta, extra
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one training per checkpoint
+
+
+class CheckpointInUse(CheckpointError):
+    """Another live process is training into the same checkpoint."""
+
+
+def exclusive(checkpoints: str | Path, name: str):
+    """Hold `<checkpoints>/.<name>.lock` for the block (core.files.locked). CheckpointInUse, naming the state
+    folder and the holder's pid, when another process holds it: two trainings of one name would resume each
+    other's state folder <name>.state and write over it and the final checkpoint."""
+    folder = Path(checkpoints)
+    return locked(folder / f".{name}.lock", busy=lambda pid: CheckpointInUse(
+        f"checkpoint {folder / name} (state {folder / name}.state) is in use by another embeddings.train "
+        f"(pid {pid}); wait for it to end, or give this run another --out-name or checkpoints folder"))

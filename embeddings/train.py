@@ -20,7 +20,12 @@ Stage 2 validates on the held-out queries (split by query, printed at the start:
 `stage2.keep_best` its final checkpoint holds the best validation's weights (step 0 included) and `stage2.patience`
 stops early. The loss is checked against chance (stage2.chance_check_steps): a collapsed encoder warns.
 One MLflow run per invocation (experiment dashclip-embeddings): the config, losses and validation metrics per epoch,
-the training curves as a PNG; a run that raises is marked FAILED, one stopped by stop_at_step KILLED.
+the training curves as a PNG; a run that raises is marked FAILED, one stopped by stop_at_step KILLED. The state
+folder records the run's id: rerun after a kill (SIGKILL leaves the run RUNNING) or a stop_at_step, the command
+continues that run to FINISHED instead of opening a second one (a changed run-control key is tagged rerun/<key>).
+One training per checkpoint at a time: a second `embeddings.train` of the same checkpoints folder and name (it would
+resume the first one's state folder and write over it) exits 2 with `error: checkpoint ... is in use by another
+embeddings.train (pid N) ...`, before it opens an MLflow run (embeddings.checkpoint.exclusive).
 
     torchrun --nproc_per_node N -m embeddings.train --stage {1,2} ...
 
@@ -32,12 +37,12 @@ writes checkpoints, logs to MLflow and validates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
 import itertools
 import math
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -50,8 +55,9 @@ from tqdm import tqdm
 
 from core.config import ConfigError, add_config_args, config_from_args, config_to_dict, exit_on
 from core.tracking import flatten, setup_mlflow
-from embeddings.checkpoint import (CheckpointError, check_checkpoint, load_checkpoint, load_train_state,
-                                   read_checkpoint_meta, save_checkpoint, save_train_state, train_fingerprint)
+from embeddings.checkpoint import (RUN_CONTROL, CheckpointError, check_checkpoint, exclusive, find_train_state,
+                                   load_checkpoint, load_train_state, read_checkpoint_meta, remove_train_state,
+                                   save_checkpoint, save_train_state, train_fingerprint)
 from embeddings.config import EmbeddingConfig, Stage1Config, Stage2Config, set_threads
 from embeddings.data import (Catalog, DataError, Holdout, PairSampler, Stage2Batch, load_catalog, load_queries,
                              load_relevance, make_holdout, stage2_inputs, stage2_split)
@@ -100,12 +106,13 @@ class Run:
     group follows the same warm-up and decay from its own base rate.
     extra_state() -> {name: tensor} and restore_extra({name: tensor}) let a stage keep more than the model in the
     resumable state (stage 1: the momentum encoders and the feature queue; stage 2: the best weights so far).
-    Under torchrun every rank resumes from the same state folder and only rank 0 writes (the others wait)."""
+    Under torchrun every rank resumes from the same state folder and only rank 0 writes (the others wait).
+    state_json: more JSON for the state folder (the entry point's MLflow run, which a rerun continues)."""
 
     def __init__(self, model: DashClip, params: list, cfg: EmbeddingConfig, stage: int,
                  lr: float, warmup: int, total_steps: int, ckpt: Path, name: str, fingerprint: str,
                  extra_state: Callable[[], dict] | None = None, restore_extra: Callable[[dict], None] | None = None,
-                 ranks: Ranks = Ranks()):
+                 ranks: Ranks = Ranks(), state_json: dict | None = None):
         self.model, self.cfg, self.stage, self.ranks = model, cfg, stage, ranks
         groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr": lr}]
         self.opt = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in groups], lr=lr,
@@ -116,6 +123,7 @@ class Run:
         self.step, self.history, self.evals = 0, [], []
         self.fingerprint = fingerprint
         self.extra_state, self.restore_extra = extra_state, restore_extra
+        self.state_json = state_json or {}
 
     def resume(self) -> bool:
         state = load_train_state(self.model, self.opt, self.state_dir, self.fingerprint, self.stage)
@@ -130,7 +138,7 @@ class Run:
     def save_state(self) -> None:
         if self.ranks.is_main:
             save_train_state(self.model, self.opt, self.state_dir,
-                             {"step": self.step, "history": self.history, "evals": self.evals,
+                             {**self.state_json, "step": self.step, "history": self.history, "evals": self.evals,
                               "train_fingerprint": self.fingerprint},
                              extra=self.extra_state() if self.extra_state else None)
         barrier(self.ranks)
@@ -151,7 +159,7 @@ class Run:
             save_checkpoint(self.model, self.model.cfg, self.final_dir,
                             extra_json={"stage": self.stage, "history": self.history, "evals": self.evals,
                                         **extra_json})
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            remove_train_state(self.state_dir)
         barrier(self.ranks)
         return self.final_dir
 
@@ -325,9 +333,10 @@ def stage1_step(model: DashClip, s1: Stage1Config, mom: Momentum | None, bid, bm
 
 
 def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage1",
-                 ranks: Ranks = Ranks()) -> Path:
+                 ranks: Ranks = Ranks(), state_json: dict | None = None) -> Path:
     """Stage 1 on the training products' image-title pairs; returns the final checkpoint folder. Under torchrun
-    (ranks: embeddings.distributed) stage1.batch_size is the global batch, split across the ranks."""
+    (ranks: embeddings.distributed) stage1.batch_size is the global batch, split across the ranks. state_json:
+    see Run."""
     if cfg.model.modalities == "text":
         raise ConfigError("stage 1 aligns images and titles; a catalog without images (model.modalities=text) "
                           "starts at stage 2: run --stage 2 with stage2.init_from=offshelf")
@@ -352,7 +361,8 @@ def train_stage1(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     run = Run(model, params, cfg, 1, s1.lr, s1.warmup_steps, planned_steps(cfg, steps_per_epoch, s1.epochs),
               checkpoint_dir(cfg, data_dir),
               out_name, train_fingerprint(cfg, 1, len(train_idx)),
-              extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None, ranks=ranks)
+              extra_state=mom.state if mom else None, restore_extra=mom.restore if mom else None, ranks=ranks,
+              state_json=state_json)
     run.resume()
     model.train()
     loss_fn = data_parallel(model, functools.partial(stage1_step, model, s1, mom, ranks=ranks), ranks)
@@ -534,10 +544,10 @@ def stage2_loss(model: DashClip, s2: Stage2Config, batch: Stage2Batch,
 
 
 def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, log=None, out_name: str = "stage2",
-                 ranks: Ranks = Ranks()) -> Path:
+                 ranks: Ranks = Ranks(), state_json: dict | None = None) -> Path:
     """Stage 2 on the training queries' relevance pairs; returns the final checkpoint folder. Under torchrun
     (ranks: embeddings.distributed) stage2.batch_size is the global batch, split across the ranks; validation runs
-    on rank 0 and its row (so keep_best and early stopping) reaches every rank."""
+    on rank 0 and its row (so keep_best and early stopping) reaches every rank. state_json: see Run."""
     s2 = cfg.stage2
     progress = progress and ranks.is_main
     stage1_start(cfg, data_dir)  # a missing or mismatched stage-1 checkpoint is named before any data is read
@@ -589,7 +599,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
     best = BestWeights(model, params, s2.select_metric, s2.patience) if s2.keep_best else None
     run = Run(model, groups, cfg, 2, s2.lr, s2.warmup_steps, planned_steps(cfg, steps_per_epoch, s2.epochs),
               checkpoint_dir(cfg, data_dir), out_name, train_fingerprint(cfg, 2, len(sampler)),
-              extra_state=best.state if best else None, restore_extra=best.load if best else None, ranks=ranks)
+              extra_state=best.state if best else None, restore_extra=best.load if best else None, ranks=ranks,
+              state_json=state_json)
     resumed = run.resume()
     model.train()
     batches = {"epoch": -1, "it": None}
@@ -660,10 +671,14 @@ def _check_chance(run: Run, at_step: int, window: int = 10) -> None:
 # entry point with MLflow tracking
 
 
-def _epoch_logger(log_metrics: Callable[..., object]) -> Callable[[Run, int, int], None]:
-    """Per epoch: the mean training terms of its steps and the validation metrics, through log_metrics."""
+def _epoch_logger(log_metrics: Callable[..., object],
+                  logged: frozenset[int] = frozenset()) -> Callable[[Run, int, int], None]:
+    """Per epoch: the mean training terms of its steps and the validation metrics, through log_metrics; not for the
+    epochs in `logged` (a continued run logged them before its kill, and the resume replays them identically)."""
 
     def log(run: Run, epoch: int, steps: int) -> None:
+        if epoch in logged:
+            return
         recent = run.history[-steps:]
         keys = [k for k in recent[0] if k != "step"]
         metrics = {f"train/{k}": float(np.mean([h[k] for h in recent])) for k in keys}
@@ -695,38 +710,93 @@ def main(argv: list[str] | None = None) -> int:
         close(ranks)
 
 
+def _interrupted_run(state_dir: Path, params: dict[str, str]) -> str | None:
+    """The MLflow run of the interrupted training whose state folder this is, to be continued rather than left
+    stopped short (RUNNING: SIGKILL cannot be caught; KILLED: stop_at_step): None if the store lacks it, it ended,
+    or it was logged with another config (params other than run control); a RUNNING one of another config is
+    marked KILLED, which it was."""
+    import mlflow
+
+    found = find_train_state(state_dir)
+    run_id = read_checkpoint_meta(found).get("mlflow_run_id") if found is not None else None
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:  # deleted, or logged to another store
+        return None
+    if run.info.status not in ("RUNNING", "KILLED"):
+        return None
+    if all(run.data.params.get(k) == v for k, v in params.items() if k.split(".")[0] not in RUN_CONTROL):
+        return run_id
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+    return None
+
+
 def _train_logged(args: argparse.Namespace, cfg: EmbeddingConfig, ranks: Ranks) -> int:
-    """The training run with its MLflow run (rank 0's job under torchrun)."""
+    """The training run with its MLflow run (rank 0's job under torchrun). It holds the checkpoint's lock
+    (embeddings.checkpoint.exclusive) from before the run opens, so a second training of the same checkpoint is
+    refused before it logs anything. A rerun after a kill continues the killed run's MLflow run (its id is in the
+    state folder): one run, FINISHED, instead of a RUNNING one forever and a second one."""
     import mlflow  # here, not at the top: the training functions run without MLflow (benchmarks, tests)
 
-    setup_mlflow("dashclip-embeddings")
     started = time.perf_counter()
     name = args.out_name or f"stage{args.stage}"
-    with mlflow.start_run(run_name=f"{cfg.name}/{name}") as active:
-        mlflow.set_tags({"stage": args.stage, "data": str(args.data), "checkpoint_name": name,
-                         "world_size": ranks.world})
-        mlflow.log_params({k: str(v)[:250] for k, v in flatten(config_to_dict(cfg)).items()})
-        train = train_stage1 if args.stage == 1 else train_stage2
-        try:
-            final = train(cfg, args.data, progress=not args.no_progress, log=_epoch_logger(mlflow.log_metrics),
-                          out_name=name, ranks=ranks)
-        except StopTraining:
-            mlflow.end_run(status="KILLED")
-            raise
-        meta = read_checkpoint_meta(final)
-        plot = final.parent / f"{name}_training_curves.png"
-        plot_history(meta["history"], meta.get("evals", []), plot)
-        mlflow.log_artifact(str(plot))
-        seconds = time.perf_counter() - started
-        mlflow.log_metrics({"train/seconds": seconds, "train/steps": len(meta["history"])})
-        mlflow.set_tag("checkpoint", str(final))
-        run_id = active.info.run_id
+    ckpt = checkpoint_dir(cfg, args.data)
+    params = {k: str(v)[:250] for k, v in flatten(config_to_dict(cfg)).items()}
+    # Locked before the store is touched: a refused second training leaves no trace there. A --data folder that does
+    # not exist gets no lock (it would create the folder): the run fails on it below, having written nothing.
+    lock = exclusive(ckpt, name) if cfg.checkpoints or Path(args.data).is_dir() else contextlib.nullcontext()
+    with lock:
+        setup_mlflow("dashclip-embeddings")
+        previous = _interrupted_run(ckpt / f"{name}.state", params)
+        opened = mlflow.start_run(run_id=previous) if previous else mlflow.start_run(run_name=f"{cfg.name}/{name}")
+        with opened as active:
+            if previous:
+                print(f"stage {args.stage}: continuing MLflow run {previous} of the interrupted training", flush=True)
+            return _train_in_run(args, cfg, ranks, name, params, active, started)
+
+
+def _log_params_once(params: dict[str, str]) -> None:
+    """log_params on a new run; on a continued one only the keys it lacks (MLflow refuses to change a value: a
+    resumed run may change run control such as stop_at_step or checkpoint_every, the tag rerun/<key> says so)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    mlflow.set_tags({f"rerun/{k}": v for k, v in params.items() if k in logged and logged[k] != v})
+
+
+def _train_in_run(args: argparse.Namespace, cfg: EmbeddingConfig, ranks: Ranks, name: str, params: dict[str, str],
+                  active, started: float) -> int:
+    """Train inside the active MLflow run; its id goes into the state folder for a rerun to continue."""
+    import mlflow
+
+    mlflow.set_tags({"stage": args.stage, "data": str(args.data), "checkpoint_name": name, "world_size": ranks.world})
+    _log_params_once(params)
+    train = train_stage1 if args.stage == 1 else train_stage2
+    logged = frozenset(m.step for m in mlflow.MlflowClient().get_metric_history(active.info.run_id, "train/loss"))
+    try:
+        final = train(cfg, args.data, progress=not args.no_progress, log=_epoch_logger(mlflow.log_metrics, logged),
+                      out_name=name, ranks=ranks, state_json={"mlflow_run_id": active.info.run_id})
+    except StopTraining:
+        mlflow.end_run(status="KILLED")
+        raise
+    meta = read_checkpoint_meta(final)
+    plot = final.parent / f"{name}_training_curves.png"
+    plot_history(meta["history"], meta.get("evals", []), plot)
+    mlflow.log_artifact(str(plot))
+    seconds = time.perf_counter() - started
+    mlflow.log_metrics({"train/seconds": seconds, "train/steps": len(meta["history"])})
+    mlflow.set_tag("checkpoint", str(final))
     last = meta.get("evals", [{}])[-1] if meta.get("evals") else {}
     shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "step"))
     print(f"stage {args.stage}: {len(meta['history'])} steps in {seconds:.0f} s -> {final}"
-          + (f" ({shown})" if shown else "") + f" [mlflow run {run_id}]")
+          + (f" ({shown})" if shown else "") + f" [mlflow run {active.info.run_id}]")
     return 0
-
 
 if __name__ == "__main__":
     exit_on(main, ConfigError, DataError, SchemaError, CheckpointError)  # bad input: one line, exit status 2

@@ -14,7 +14,6 @@ online store; feature_store.derive computes the tables; feature_store.features a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import io
 import json
@@ -36,7 +35,7 @@ import yaml
 from tqdm import tqdm
 
 from core.config import ConfigError, config_to_dict
-from core.files import staged_file, staged_folder, write_text_atomically
+from core.files import locked, staged_file, staged_folder, write_text_atomically
 from feature_store import derive
 from feature_store.config import SPLITS, FeatureStoreConfig, Layout, parse_time
 from feature_store.features import (
@@ -84,22 +83,11 @@ def _atomic_registry_store():
     return AtomicFileRegistryStore
 
 
-@contextlib.contextmanager
 def exclusive(lock: Path, what: str):
-    """Hold an exclusive lock on the file `lock` while the block runs; a second command waits for the first
-    (flock: released by the kernel when a holder dies, so a killed run never leaves a stale lock)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another `python -m feature_store` command on {what} to finish (lock {lock})",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """Hold the feature store's lock file while the block runs (core.files.locked); a second command waits for
+    the first."""
+    return locked(lock, waiting=f"waiting for another `python -m feature_store` command on {what} to finish "
+                                f"(lock {lock})")
 
 
 def _close_sqlite(store) -> None:

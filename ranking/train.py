@@ -17,6 +17,15 @@ printed). A run that raises is marked FAILED (KILLED on Ctrl-C), never left RUNN
 by `export_model` is exported as a SavedModel (`<export_dir>/<model>/<version>/`), reloaded and checked to give
 the same predictions (ranking/serving/contract.py).
 
+Killed and rerun: the neural models resume from their checkpoints (`<checkpoint_dir>/<name>/<model>/seed<k>/`,
+ranking/fit.py) and end with the weights and metrics of an uninterrupted run. SIGKILL cannot be caught, so the
+killed invocation's MLflow runs stay RUNNING until the same command runs again: it continues those very runs
+(their ids are in `<checkpoint_dir>/<name>/mlflow_runs.json` while the parent is open), adds the epochs the kill
+kept it from logging, and ends them FINISHED; a rerun with another config marks them KILLED and opens new ones.
+One invocation at a time per checkpoint folder: a second one with the same name and checkpoint_dir (it would
+resume the first one's half-trained checkpoints and overwrite them) exits 2 with `error: checkpoint folder ... is
+in use by another ranking.train (pid N) ...`; runs with another name or checkpoint_dir train side by side.
+
 Several workers (train.strategy=multi_worker, TF_CONFIG set in each process; docs/scaling.md) run this same command:
 every worker trains the neural models in the same order on its share of each global batch; the chief alone fits
 the baselines, evaluates, writes checkpoints, exports and logs to MLflow (the others log nothing).
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import signal
 import threading
@@ -44,6 +54,7 @@ from mlflow.entities import Metric
 
 from core import metrics
 from core.config import ConfigError, add_config_args, config_to_dict, exit_on, load_config
+from core.files import locked, write_text_atomically
 from core.tracking import flatten, setup_mlflow, tracking_uri
 from ranking.baselines import make_baseline, required_columns
 from ranking.calibration import fit_calibration, logit, sigmoid
@@ -92,6 +103,68 @@ def _checkpoint_root(cfg: RankingConfig) -> Path:
     return Path(cfg.data) / "checkpoints" / "ranking"
 
 
+class CheckpointInUse(ConfigError):
+    """Another live process holds the experiment's checkpoint folder."""
+
+
+def exclusive_folder(folder: Path):
+    """Hold `<folder>/.lock` for the block (core.files.locked). CheckpointInUse, naming the folder and the holder's
+    pid, when another process holds it: two runs of one experiment would resume each other's half-trained
+    checkpoints and write over them."""
+    return locked(folder / ".lock", busy=lambda pid: CheckpointInUse(
+        f"checkpoint folder {folder} is in use by another ranking.train (pid {pid}); wait for it to end, or give "
+        f"this run another name or checkpoint_dir"))
+
+
+def _run_status(client: mlflow.MlflowClient, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:  # deleted, or recorded in another store
+        return None
+
+
+class RunRecord:
+    """The MLflow runs of one invocation by label ("" the parent, "<model>", "<model>/seed<k>"), in
+    `<checkpoint folder>/mlflow_runs.json` while the parent is open (removed by close()).
+
+    A record found at the start means an invocation was killed (its lock is free, so no live process owns the runs
+    it names). With the same config and store and its parent still RUNNING, this invocation continues those runs
+    (mlflow.start_run(run_id=...)): they end with the whole history instead of staying RUNNING beside a second
+    copy. Otherwise the RUNNING ones are marked KILLED and new runs are opened."""
+
+    def __init__(self, path: Path, cfg: RankingConfig):
+        self.path = path
+        spec = json.dumps({"config": config_to_dict(cfg), "store": tracking_uri()}, sort_keys=True, default=str)
+        self.key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        self.previous = self._unfinished()
+        self.runs = dict(self.previous)  # a continued run keeps its label even if this invocation is killed too
+
+    def _unfinished(self) -> dict[str, str]:
+        try:
+            old = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        client = mlflow.MlflowClient()
+        runs = old.get("runs", {}) if isinstance(old, dict) else {}
+        running = [run_id for run_id in runs.values() if _run_status(client, run_id) == "RUNNING"]
+        if old.get("key") == self.key and runs.get("") in running:
+            return runs
+        for run_id in running:
+            client.set_terminated(run_id, "KILLED")
+        return {}
+
+    def start(self, label: str, **kwargs) -> mlflow.ActiveRun:
+        """The run `label` of the killed invocation continued, else mlflow.start_run(**kwargs); recorded."""
+        run_id = self.previous.get(label)
+        run = mlflow.start_run(run_id=run_id, nested=bool(label)) if run_id else mlflow.start_run(**kwargs)
+        self.runs[label] = run.info.run_id
+        write_text_atomically(self.path, json.dumps({"key": self.key, "runs": self.runs}, indent=1) + "\n")
+        return run
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class SharedInputs:
     """What every model run of one experiment shares: the data, a train sample for train metrics, the slices, the
     oracle and the train-only preprocessing of the neural models."""
@@ -108,6 +181,10 @@ class SharedInputs:
         self.oracle, oracle_note = _oracle(data)
         self.skipped = skipped_evaluations(data["test"], skipped_slices(train, data["test"]), oracle_note)
         self._prep = None
+        self.runs: RunRecord | None = None  # set by run_experiment on the chief, before the first run opens
+
+    def start_run(self, label: str, **kwargs) -> mlflow.ActiveRun:
+        return self.runs.start(label, **kwargs) if self.runs is not None else mlflow.start_run(**kwargs)
 
     def preprocessing(self) -> Preprocessing:
         if self._prep is None:
@@ -202,6 +279,7 @@ def _fit_neural(name: str, seed: int, shared: SharedInputs):
     if fit.resumed_from:
         print(f"  [{name} seed {seed}] resumed from the checkpoint after epoch {fit.resumed_from} ({ckpt})")
         mlflow.set_tag("resumed_from_epoch", fit.resumed_from)
+        _log_missing_epochs(fit.restored_history)
     values, test_scores = shared.evaluate(
         lambda split: predict(model, split, shared.data.spec, cfg.train.eval_batch_size))
     values.update({"fit_seconds": fit.seconds, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
@@ -210,6 +288,16 @@ def _fit_neural(name: str, seed: int, shared: SharedInputs):
     if fit.epochs_run:
         values["train_examples_per_s"] = fit.train_examples_per_s
     return values, test_scores, model
+
+
+def _log_missing_epochs(history: list[dict]) -> None:
+    """Log the epochs of a resumed fit that the active run lacks: a kill after an epoch's checkpoint and before its
+    MLflow row leaves that epoch out of the run, a new run has none of the earlier sessions' epochs."""
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "epoch/valid_auc")}
+    for row in history:
+        if row["epoch"] not in logged:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _train_as_worker(shared: SharedInputs) -> None:
@@ -242,7 +330,7 @@ def _run_model(name: str, shared: SharedInputs) -> ModelResult:
     cfg = shared.cfg
     neural = name in NEURAL
     tags = {"model": name, "family": "neural" if neural else "baseline"}
-    with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+    with shared.start_run(name, run_name=name, nested=True, tags=tags) as run:
         seeds = 1 if name in DETERMINISTIC else cfg.seeds
         params = {"model": name, "seeds": seeds, "seed": cfg.seed}
         if neural:
@@ -254,7 +342,7 @@ def _run_model(name: str, shared: SharedInputs) -> ModelResult:
         for k in range(seeds):
             seed = cfg.seed + k
             print(f"[{name}] seed {seed}: fitting", flush=True)
-            nested = (mlflow.start_run(run_name=f"{name}/seed{seed}", nested=True,
+            nested = (shared.start_run(f"{name}/seed{seed}", run_name=f"{name}/seed{seed}", nested=True,
                                        tags={"parent_model": name, "seed": str(seed)})
                       if seeds > 1 else contextlib.nullcontext())
             with nested:
@@ -357,13 +445,16 @@ def _export(cfg: RankingConfig, shared: SharedInputs, result: ModelResult, paren
     """SavedModel of the seed-0 model; reload it and compare with the Keras model on test rows."""
     # TensorFlow only when a neural model was trained (export_model names one)
     from ranking.fit import predict
-    from ranking.serving.contract import export_model, load_serving_fn, serving_predict
+    from ranking.serving.contract import check_finite, export_model, load_serving_fn, serving_predict
 
     data = shared.data
     test = data["test"]
+    check_finite(result.model, test.take(np.arange(min(len(test), 4096))).columns, f"MLflow run {result.run_id}",
+                 f"rows of {data.path}/test")
     path = export_model(result.model, cfg.export_dir, cfg.export_model, extra_assets={
         "mlflow_run_id": result.run_id, "mlflow_parent_run_id": parent_id, "embedding_version": data.embedding_version,
-        "embedding_model": data.metadata.get("embedding_model", {}), "training_set": str(data.path)},
+        "embedding_model": data.metadata.get("embedding_model", {}), "training_set": str(data.path),
+        "nan_impute": dict(result.model.prep.impute)},  # the train means NaN dense inputs get (batch_score --nan)
         warmup=test.columns, progress=True)
     rows = test.take(np.arange(min(len(test), 4096)))
     reloaded = serving_predict(load_serving_fn(path), rows.columns, data.spec)
@@ -407,15 +498,28 @@ def run_experiment(cfg: RankingConfig) -> ExperimentResult | None:
         if not is_chief(strategy):
             _train_as_worker(SharedInputs(cfg, data, strategy))
             return None
-    shared = SharedInputs(cfg, data, strategy)
-    print(f"training set {folder}: " + ", ".join(f"{s} {len(data[s]):,} rows" for s in data.splits) +
-          f"; embedding_version {data.embedding_version}", flush=True)
+    experiment_folder = _checkpoint_root(cfg) / cfg.name
+    with exclusive_folder(experiment_folder):
+        shared = SharedInputs(cfg, data, strategy)
+        print(f"training set {folder}: " + ", ".join(f"{s} {len(data[s]):,} rows" for s in data.splits) +
+              f"; embedding_version {data.embedding_version}", flush=True)
+        setup_mlflow(cfg.experiment)
+        shared.runs = RunRecord(experiment_folder / "mlflow_runs.json", cfg)
+        try:
+            return _experiment(shared, folder)
+        finally:
+            shared.runs.close()
 
-    setup_mlflow(cfg.experiment)
+
+def _experiment(shared: SharedInputs, folder: Path) -> ExperimentResult:
+    """The chief's part of run_experiment: the MLflow parent run, every model, the comparison and the export."""
+    cfg, data = shared.cfg, shared.data
     tags = {"data_dir": str(_data_dir(cfg, data)), "training_set": str(folder),
             "embedding_version": data.embedding_version, "entry_point": "ranking.train",
             "embedding_model": json.dumps(data.metadata.get("embedding_model", {}), sort_keys=True)}
-    with mlflow.start_run(run_name=cfg.name, tags=tags) as parent:
+    if shared.runs.previous:
+        print(f"continuing the MLflow runs of the killed invocation (parent {shared.runs.previous['']})", flush=True)
+    with shared.start_run("", run_name=cfg.name, tags=tags) as parent:
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, list) else v)
                            for k, v in flatten(config_to_dict(cfg)).items()})
         mlflow.log_params({f"rows_{s}": len(data[s]) for s in data.splits} |

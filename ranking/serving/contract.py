@@ -220,6 +220,21 @@ def remove_dead_staging(root: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_finite(model: PCTRModel, columns: Mapping[str, np.ndarray], who: str, rows: str) -> None:
+    """ExportError unless the model's weights and its predictions on `columns` (described as `rows`) are finite:
+    a diverged training is refused before anything is written (it used to fail deep in the export, saying the
+    weights did not copy, after creating the export folder). `who` names the model (an MLflow run)."""
+    bad = [w.name for w in model.weights if not np.isfinite(w.numpy()).all()]
+    inputs = signature_description(model.spec)
+    features = check_request({k: v for k, v in columns.items() if k in inputs}, inputs)
+    logits = np.asarray(model({k: tf.constant(v) for k, v in features.items()}, training=False))
+    n = int((~np.isfinite(logits)).sum())
+    if bad or n:
+        raise ExportError(f"{who}: the model's predictions are not finite ({n} of {len(logits)} {rows} score NaN "
+                          f"or inf; {len(bad)} weight tensors hold NaN or inf{', e.g. ' + bad[0] if bad else ''}): "
+                          f"its training diverged, nothing exported")
+
+
 def _publish(tmp: Path, root: Path, version: int) -> Path:
     """Rename the finished folder to the next free version under root: a version is never overwritten."""
     while True:

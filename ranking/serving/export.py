@@ -43,18 +43,14 @@ from ranking.config import NetConfig
 from ranking.fit import restore_final
 from ranking.models import build_model
 from ranking.preprocessing import Preprocessing
-from ranking.serving.contract import (EXAMPLES_INPUT, WARMUP_ROWS, check_request, export_model, read_model_info,
-                                      read_warmup, resolve_version_dir, signature_description)
+from ranking.serving.contract import (EXAMPLES_INPUT, WARMUP_ROWS, ExportError, check_finite, export_model,
+                                      read_model_info, read_warmup, resolve_version_dir)
 from ranking.serving.tf_example import parse_spec
 from ranking.tf_legacy_keras import tf
 from ranking.training_set import FeatureSpec, first_rows
 
 TOLERANCE = 1e-5
 ALIASES = ("champion", "challenger")
-
-
-class ExportError(Exception):
-    """A problem with the arguments or the MLflow run: the message says what and where; exit code 2."""
 
 
 @dataclass
@@ -151,21 +147,6 @@ def warmup_columns(folder: Path, spec: FeatureSpec, n: int) -> dict[str, np.ndar
 # ---------------------------------------------------------------------------------------------- export
 
 
-def check_finite(model, columns: dict[str, np.ndarray], run_id: str, folder: Path) -> None:
-    """Refuse a model whose weights or warm-up predictions are NaN or infinite (a diverged training, e.g. on an
-    infinite input), before anything is written: such a model used to fail deep in the export with a message
-    about weights not copying, after creating the export folder."""
-    bad = [w.name for w in model.weights if not np.isfinite(w.numpy()).all()]
-    inputs = signature_description(model.spec)
-    features = check_request({k: v for k, v in columns.items() if k in inputs}, inputs)
-    logits = np.asarray(model({k: tf.constant(v) for k, v in features.items()}, training=False))
-    n = int((~np.isfinite(logits)).sum())
-    if bad or n:
-        raise ExportError(f"MLflow run {run_id}: the model's predictions are not finite ({n} of {len(logits)} "
-                          f"warm-up rows of {folder}/test score NaN or inf; {len(bad)} weight tensors hold NaN or "
-                          f"inf{', e.g. ' + bad[0] if bad else ''}): its training diverged, nothing exported")
-
-
 def register(client, name: str, run_id: str, source: str, alias: str | None, tags: dict[str, str]):
     """A new version of registered model `name` (created if new) from `source`; `alias` is moved onto it."""
     try:
@@ -195,7 +176,7 @@ def export_run(ref: str, out: str | Path, alias: str | None = None, register_nam
         parent_tags = client.get_run(parent_id).data.tags if parent_id else {}
         embedding_model = json.loads(parent_tags.get("embedding_model", "{}") or "{}")
         warmup = warmup_columns(folder, model.spec, WARMUP_ROWS)
-        check_finite(model, warmup, run_id, folder)
+        check_finite(model, warmup, f"MLflow run {run_id}", f"warm-up rows of {folder}/test")
         _next_step(bar, "writing the SavedModel")
         path = export_model(model, out, model.kind, warmup=warmup,
                             extra_assets={"mlflow_run_id": run_id, "mlflow_parent_run_id": parent_id,

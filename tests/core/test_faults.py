@@ -37,3 +37,25 @@ def test_before_rename_leaves_only_a_hidden_staging_folder(tmp_path):
     assert not (tmp_path / "folder").exists()
     staged = [p for p in tmp_path.iterdir() if p.name.startswith(".folder.tmp-")]
     assert len(staged) == 1 and (staged[0] / "a").read_text() == "a"  # complete, but never under its name
+
+
+SWAP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from core.files import staged_folder
+    out = Path(sys.argv[1]) / "state"
+    for step in (1, 2):
+        with staged_folder(out, old=out.with_name(".state.old")) as tmp:
+            (tmp / "step").write_text(str(step))
+""")
+
+
+def test_between_renames_leaves_the_older_folder_under_its_fixed_old_name(tmp_path):
+    """A kill between a swap's two renames: `state` is gone for that instant, the complete older folder waits under
+    the fixed `old` name a restarted writer looks for (ranking/fit.py, embeddings/checkpoint.py), and the new one
+    is complete in its staging folder."""
+    killed(["-c", SWAP, str(tmp_path)], entry_env(tmp_path), "between-renames:*/state")
+    assert not (tmp_path / "state").exists()
+    assert (tmp_path / ".state.old" / "step").read_text() == "1"
+    staged, = tmp_path.glob(".state.tmp-*")
+    assert (staged / "step").read_text() == "2"

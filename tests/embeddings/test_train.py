@@ -56,3 +56,20 @@ def test_stage2_resumes_too(world, tmp_path):
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-6, err_msg=k)
+
+
+def test_a_state_caught_between_its_two_renames_is_found_under_its_fixed_old_name(tmp_path):
+    """A new state replaces the previous one in two renames (the previous aside, the new in place); killed between
+    them, the previous waits under .<name>.state.old, where a rerun looks (a pid in the name would lose it)."""
+    from embeddings.checkpoint import find_train_state, remove_train_state
+
+    state = tmp_path / "stage1.state"
+    assert find_train_state(state) is None
+    (tmp_path / ".stage1.state.old").mkdir()
+    (tmp_path / ".stage1.state.old" / "model_config.json").write_text("{}")
+    assert find_train_state(state) == tmp_path / ".stage1.state.old"
+    state.mkdir()
+    (state / "model_config.json").write_text("{}")
+    assert find_train_state(state) == state  # the complete new one first
+    remove_train_state(state)
+    assert list(tmp_path.iterdir()) == []
