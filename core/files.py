@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import os
 import sys
 import shutil
@@ -104,6 +105,18 @@ def staged_file(target: str | os.PathLike) -> Iterator[Path]:
         fault_point("after-rename", target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict:
+    """The JSON object stored in `path`; `error` naming the file when it cannot be read, is not JSON (or not UTF-8)
+    or holds something other than an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

@@ -22,7 +22,6 @@ stored once per distinct vector (`Embeddings`): a product's vector repeats on ev
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.files import read_json_object
 from feature_store.schema import checked_embedding_matrix
 from ranking.config import FeatureConfig
 
@@ -193,12 +193,7 @@ def _read_metadata(folder: Path) -> dict:
     path = folder / "metadata.json"
     if not path.exists():
         return {}
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TrainingSetError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(metadata, dict):
-        raise TrainingSetError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    metadata = read_json_object(path, TrainingSetError)
     dim = metadata.get("embedding_dim", 0)
     if type(dim) is not int or dim < 0:
         raise TrainingSetError(f"{path}: 'embedding_dim' must be a non-negative integer, got {dim!r}")

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from ranking.tf_legacy_keras import tf  # isort: skip
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2  # noqa: E402  isort: skip
 
-from core.files import alive, fault_point
+from core.files import alive, fault_point, read_json_object
 from ranking.models import PCTRModel, build_model
 from ranking.pipeline import input_signature
 from ranking.serving.tf_example import check_columns, encode_examples, parse_spec
@@ -136,12 +136,7 @@ def read_model_info(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise ExportError(f"{path} does not exist: the model's inputs are unknown (export it with "
                           "python -m ranking.serving.export)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(info, dict):
-        raise ExportError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    info = read_json_object(path, ExportError)
     inputs = info.get("inputs")
     if not isinstance(inputs, dict) or not inputs or not all(
             isinstance(v, dict) and isinstance(v.get("dtype"), str) and isinstance(v.get("shape"), list)

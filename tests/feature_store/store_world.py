@@ -36,10 +36,12 @@ def late_product(data: Path) -> tuple[int, pd.Timestamp]:
     return pid, imp.ts[imp.product_id == pid].sort_values().iloc[len(imp[imp.product_id == pid]) // 2]
 
 
-def make_world(tiny_world: Path, into: Path) -> Path:
-    """A copy of the tiny world's raw tables with stand-in embeddings; one product's vector arrives late."""
+def make_world(tiny_world: Path, into: Path, keep_hidden: bool = False) -> Path:
+    """A copy of the tiny world's raw tables (and its hidden truth with keep_hidden, which the A/B simulation
+    reads) with stand-in embeddings; one product's vector arrives late."""
     data = into / "tiny"
-    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns("hidden", "features", "training_sets"))
+    skip = ("features", "training_sets", "experiments") + (() if keep_hidden else ("hidden",))
+    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns(*skip))
     pid, arrives = late_product(data)
     write_standin_embeddings(data, VERSION, DIM, seed=0, product_event_us={pid: arrives.value // 1000})
     return data

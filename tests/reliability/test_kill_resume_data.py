@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ROOT
-from tests.feature_store.store_world import CONFIG, DIM, VERSION, late_product, run
-from tests.helpers.embeddings import write_standin_embeddings
+from tests.feature_store.store_world import CONFIG, VERSION, make_world, run
 from tests.reliability.processes import entry_env, killed, visible
 
 FS = ["-m", "feature_store"]
@@ -44,15 +43,6 @@ def online_rows(db: Path) -> dict[str, list]:
                 for t in sorted(tables)}
 
 
-def world_copy(tiny_world: Path, into: Path) -> Path:
-    """The tiny world (hidden truth included, which the A/B simulation reads) with stand-in embeddings."""
-    data = into / "tiny"
-    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns("features", "training_sets", "experiments"))
-    pid, arrives = late_product(data)
-    write_standin_embeddings(data, VERSION, DIM, seed=0, product_event_us={pid: arrives.value // 1000})
-    return data
-
-
 def fresh_build(world: Path, into: Path) -> Path:
     """The world's inputs built again elsewhere (a copied features/ folder would point at the original's
     paths: the rendered repo holds absolute ones)."""
@@ -70,7 +60,7 @@ def served_world(tiny_world: Path, root: Path) -> dict:
     from ranking.serving.export import export_run
     from ranking.train import main as train
 
-    data = world_copy(tiny_world, root)
+    data = make_world(tiny_world, root, keep_hidden=True)
     for command in ("build", "materialize", "training-set"):
         run(command, data)
     uri = f"sqlite:///{root}/mlflow.db"
