@@ -267,6 +267,14 @@ def check_folder_name(owner: str, key: str, value: str) -> None:
                           f"got {value!r}")
 
 
+def check_at_least(owner: str, cfg: Any, minimum: int, *keys: str) -> None:
+    """ConfigError naming the first field of `cfg` among `keys` whose value is below `minimum` (counts and sizes
+    that a negative or zero value would turn into nonsense rather than an error)."""
+    for key in keys:
+        if getattr(cfg, key) < minimum:
+            raise ConfigError(f"{owner}{key} must be >= {minimum}, got {getattr(cfg, key)}")
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}

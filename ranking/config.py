@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.config import ConfigError
+from core.config import ConfigError, check_at_least, check_folder_name
 
 EXPERIMENT = "pctr-ranking"
 
@@ -161,6 +161,7 @@ class TrainConfig:
             raise ConfigError("train: learning rates must be > 0")
         if not 0 < self.lr_decay_factor <= 1:
             raise ConfigError("train.lr_decay_factor must lie in (0, 1]")
+        check_at_least("train.", self, 0, "early_stopping_patience", "lr_decay_patience")
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,9 @@ class BaselineConfig:
             raise ConfigError("baselines.lr_max_iter must be >= 1")
         if self.lr_c <= 0 or any(c <= 0 for c in self.lr_c_grid):
             raise ConfigError("baselines.lr_c and every lr_c_grid value must be > 0")
+        check_at_least("baselines.", self, 1, "gbdt_rounds", "gbdt_min_data_in_leaf")
+        check_at_least("baselines.", self, 2, "gbdt_leaves")  # LightGBM's num_leaves minimum
+        check_at_least("baselines.", self, 0, "gbdt_early_stopping", "threads")
 
 
 @dataclass(frozen=True)
@@ -213,8 +217,7 @@ class SliceConfig:
     def validate(self) -> None:
         if self.query_tail_max_requests >= self.query_head_min_requests:
             raise ConfigError("slices: query_tail_max_requests must be below query_head_min_requests")
-        if self.product_cold_max_impressions < 0:
-            raise ConfigError("slices: product_cold_max_impressions must be >= 0")
+        check_at_least("slices.", self, 0, "query_tail_max_requests", "product_cold_max_impressions", "min_count")
         edges = self.product_history_edges
         if not edges or edges[0] < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
             raise ConfigError(f"slices: product_history_edges must be increasing integers >= 0, got {list(edges)}")
@@ -268,5 +271,7 @@ class RankingConfig:
             raise ConfigError(f"gain_slices: unknown slice(s) {', '.join(unknown)} (known: {SLICE_NAMES})")
         if self.bootstrap_samples < 0:
             raise ConfigError("bootstrap_samples must be >= 0 (0 = no intervals)")
+        check_at_least("", self, 0, "max_rows", "eval_train_rows", "threads")
+        check_folder_name("RankingConfig", "name", self.name)  # checkpoints go to <checkpoint_dir>/<name>/
         if self.export_model and self.export_model not in NEURAL:
             raise ConfigError(f"export_model '{self.export_model}' is a baseline; only neural models export")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.config import ConfigError, load_config
@@ -41,3 +43,18 @@ def test_export_model_must_be_a_trained_neural_model():
         load_config(RankingConfig, None, ["export_model=gbdt", "models=[gbdt]"])
     with pytest.raises(ConfigError, match="is not among models"):
         load_config(RankingConfig, None, ["models=[dcn]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("name=../elsewhere", "RankingConfig: 'name' must be a plain folder name"),  # <checkpoint_dir>/<name>/ escaped
+    ("name=/tmp/x", "RankingConfig: 'name' must be a plain folder name"),  # replaced the checkpoint root entirely
+    ("max_rows=-1", "max_rows must be >= 0, got -1"),
+    ("threads=-2", "threads must be >= 0, got -2"),
+    ("train.early_stopping_patience=-1", "train.early_stopping_patience must be >= 0"),
+    ("baselines.gbdt_leaves=1", "baselines.gbdt_leaves must be >= 2"),
+    ("baselines.gbdt_rounds=0", "baselines.gbdt_rounds must be >= 1"),
+    ("slices.min_count=-1", "slices.min_count must be >= 0"),
+])
+def test_names_that_leave_the_checkpoint_folder_and_negative_counts_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(RankingConfig, None, [override])
