@@ -1,5 +1,5 @@
 # The two commands of the README:  make demo  (the whole pipeline on the embedded default world)
-#                                   make test  (the test suite)
+#                                   make test  (the test suite; make test-slow: the tests marked slow)
 # Both create .venv and install the pinned stack on first use; later runs skip the install.
 
 PYTHON ?= python3.11
@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench bench-esci install constraints clean-data redis
+.PHONY: demo test test-slow bench bench-esci install constraints clean-data redis
 
 DATA   := data/$(WORLD)
 CKPT   := $(DATA)/embeddings/checkpoints
@@ -44,6 +44,10 @@ demo: $(STAMP) redis
 
 test: $(STAMP) redis
 	$(PY) -m pytest -q tests
+
+# The tests marked slow (over 30 s each: subprocess kill-and-resume of training); make test deselects them (pytest.ini)
+test-slow: $(STAMP) redis
+	$(PY) -m pytest -q -m slow tests
 
 # Ours vs DeepCTR 0.9.4 and FuxiCTR 2.3.10 on 5 folds of the Criteo and Avazu samples -> benchmarks/results/ctr_bench.md
 # (the peers in their own virtualenvs under .bench-venvs/, never project dependencies; PEERS= runs ours alone)
