@@ -627,7 +627,8 @@ def train_stage2(cfg: EmbeddingConfig, data_dir: Path, progress: bool = True, lo
         best.offer(validate(run), 0)
 
     def after_step(run: Run) -> bool:
-        _check_chance(run, s2.chance_check_steps)
+        if ranks.is_main:  # one warning per run, not one per rank
+            _check_chance(run, s2.chance_check_steps)
         epoch_end = run.step % steps_per_epoch == 0 or run.step == run.total
         epoch = math.ceil(run.step / steps_per_epoch)
         due = (s2.eval_every_steps and run.step % s2.eval_every_steps == 0) or (
