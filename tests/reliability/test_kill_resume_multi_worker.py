@@ -15,28 +15,19 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers.ports import free_ports
 from tests.reliability.processes import ROOT, run
-from tests.reliability.test_kill_resume_training import RANKING_MODEL, _family, _history, _statuses, _tf_checkpoint
+from tests.reliability.test_kill_resume_training import (RANKING_CONFIG, RANKING_MODEL, _family, _history, _statuses,
+                                                         _tf_checkpoint)
 
 TOLERANCE = 1e-5
 NAME = "kill-resume-multi-worker"
-CONFIG = f"""\
-name: {NAME}
-models: [{RANKING_MODEL}]
-export_model: ""
-plots: false
-bootstrap_samples: 0
-threads: 1
-net: {{id_embedding_dim: 4, cross_layers: 1, cross_projection_dim: 8, deep_layers: [16], content_projection_dim: 8,
-       head_layers: [8], dropout: 0.0, id_dropout: 0.1}}
-train: {{epochs: 2, batch_size: 256, eval_batch_size: 4096, early_stopping_patience: 2, steps_per_execution: 4}}
-"""
+# The single-process kill test's config, with dense dropout off (its masks are drawn per worker) and two epochs.
+OVERRIDES = [f"name={NAME}", "net.dropout=0.0", "train.epochs=2", "train.early_stopping_patience=2"]
 
 
 def _cluster(args: list[str], env: dict[str, str], chief_env: dict[str, str] | None = None) -> list[subprocess.Popen]:
@@ -65,12 +56,12 @@ def _outputs(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, ranking_training_set, store_env):
     tmp = tmp_path_factory.mktemp("multi_worker")
-    (tmp / "ranking.yaml").write_text(CONFIG + f"training_set: {ranking_training_set}\n")
+    (tmp / "ranking.yaml").write_text(RANKING_CONFIG + f"training_set: {ranking_training_set}\n")
     env = store_env(tmp)
 
     def args(checkpoints: str, strategy: str) -> list[str]:
         return ["-m", "ranking.train", "--config", str(tmp / "ranking.yaml"), f"checkpoint_dir={tmp / checkpoints}",
-                f"train.strategy={strategy}"]
+                f"train.strategy={strategy}", *OVERRIDES]
 
     run(args("reference", "default"), env)
     cluster = args("cluster", "multi_worker")
