@@ -5,7 +5,8 @@ through this package, so a user's own catalog, relevance labels or impression lo
 simulator's output (docs/design.md).
 
     tables.py             the declarations: Column, TableSchema, TABLES and the shared names (TIMESTAMP, ...)
-    validation.py         validate(name, data) -> canonical pa.Table, or SchemaError naming table, column, problem
+    validation.py         validate(name, data) -> canonical pa.Table, or SchemaError naming table, column, problem;
+                          duplicate_keys(table, keys) for readers that check keys of their own
     parquet_io.py         read_table / write_table / table_columns: parquet files and folders, validated, written
                           atomically; UnreadableTableError for a file that is not parquet
     embedding_columns.py  embedding columns as numpy matrices and back
@@ -20,11 +21,11 @@ from feature_store.schema.tables import (
     BINARY, COUNT_ENTITIES, COUNT_FEATURES, COUNT_WINDOWS_DAYS, EMBEDDING, IMPRESSION_KEYS, IMPRESSION_LABELS, LABELS,
     PNG_SIGNATURE, TABLES, TIMESTAMP, Column, TableSchema, count_feature_names,
 )
-from feature_store.schema.validation import SchemaError, table_schema, validate
+from feature_store.schema.validation import SchemaError, duplicate_keys, table_schema, validate
 
 __all__ = [
     "BINARY", "COUNT_ENTITIES", "COUNT_FEATURES", "COUNT_WINDOWS_DAYS", "EMBEDDING", "IMPRESSION_KEYS",
     "IMPRESSION_LABELS", "LABELS", "PNG_SIGNATURE", "TABLES", "TIMESTAMP", "Column", "SchemaError", "TableSchema",
-    "checked_embedding_matrix", "count_feature_names", "embedding_array", "embedding_matrix", "read_table",
+    "checked_embedding_matrix", "count_feature_names", "duplicate_keys", "embedding_array", "embedding_matrix", "read_table",
     "table_columns", "table_schema", "UnreadableTableError", "validate", "write_table",
 ]

@@ -351,18 +351,27 @@ def _check_time_range(values: pa.ChunkedArray, fail) -> None:
         raise fail(f"{n} timestamps out of range {_TS_RANGE} (e.g. {example} microseconds since 1970)")
 
 
-def _check_unique_keys(schema: TableSchema, table: pa.Table, source) -> None:
-    """Key tuples must be unique; the error gives the number of extra rows and one duplicated key."""
-    keys = list(schema.keys)
+def duplicate_keys(table: pa.Table, keys: list[str]) -> tuple[int, dict] | None:
+    """None if the `keys` tuples of `table` are unique; else (the number of extra rows, the first repeated key as
+    {key: value, ..., "count_all": its number of rows})."""
     if not keys or table.num_rows == 0:
-        return
+        return None
     if len(keys) == 1 and pc.count_distinct(table.column(keys[0])).as_py() == table.num_rows:
-        return  # the common case, without a group-by
+        return None  # the common case, without a group-by
     counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
     extra = table.num_rows - counts.num_rows
     if extra == 0:
+        return None
+    return extra, counts.filter(pc.greater(counts.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
+
+
+def _check_unique_keys(schema: TableSchema, table: pa.Table, source) -> None:
+    """Key tuples must be unique; the error gives the number of extra rows and one duplicated key."""
+    keys = list(schema.keys)
+    found = duplicate_keys(table, keys)
+    if found is None:
         return
-    dup = counts.filter(pc.greater(counts.column("count_all"), 1)).slice(0, 1).to_pylist()[0]
+    extra, dup = found
     example = ", ".join(f"{k}={_display(dup[k])}" for k in keys)
     raise SchemaError(schema.name, ", ".join(keys),
                       f"{extra} duplicate keys (e.g. {example} appears {dup['count_all']} times)", source)

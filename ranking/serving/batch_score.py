@@ -73,7 +73,7 @@ from tfx_bsl.public.beam.run_inference import RunInference
 from tfx_bsl.public.proto import model_spec_pb2
 
 from core.files import staged_file
-from feature_store.schema import checked_embedding_matrix
+from feature_store.schema import checked_embedding_matrix, duplicate_keys
 from ranking.serving.contract import read_model_info, resolve_version_dir
 from ranking.serving.tf_example import encode_examples, table_to_columns
 
@@ -269,15 +269,14 @@ def check_values(files: list[Path], inputs: dict[str, dict], keys: list[str], im
             for name in floats:
                 _not_finite(file, name, table.column(name).combine_chunks(), key_table, name in imputed)
             seen.append(key_table)
-    every = pa.concat_tables(seen, promote_options="permissive")
-    counts = every.group_by(keys).aggregate([([], "count_all")])
-    if counts.num_rows != every.num_rows:
-        dup = counts.filter(pc.greater(counts.column("count_all"), 1))
-        example = ", ".join(f"{k}={dup.column(k)[0].as_py()!r}" for k in keys)
+    found = duplicate_keys(pa.concat_tables(seen, promote_options="permissive"), keys)
+    if found is not None:
+        extra, dup = found
+        example = ", ".join(f"{k}={dup[k]!r}" for k in keys)
         raise BatchScoreError(f"input {files[0].parent if len(files) > 1 else files[0]}: the key column(s) "
-                              f"{', '.join(keys)} hold {every.num_rows - counts.num_rows} duplicate rows (e.g. "
-                              f"{example} appears {dup.column('count_all')[0].as_py()} times): each row needs a "
-                              f"unique key to join its score back (name unique columns with --keys)")
+                              f"{', '.join(keys)} hold {extra} duplicate rows (e.g. {example} appears "
+                              f"{dup['count_all']} times): each row needs a unique key to join its score back "
+                              f"(name unique columns with --keys)")
 
 
 # ------------------------------------------------------------------------------------------------ pipeline steps

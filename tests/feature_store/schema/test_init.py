@@ -14,7 +14,7 @@ def test_public_names_are_reexported_from_the_modules_that_define_them():
         tables: ["BINARY", "COUNT_ENTITIES", "COUNT_FEATURES", "COUNT_WINDOWS_DAYS", "EMBEDDING", "IMPRESSION_KEYS",
                  "IMPRESSION_LABELS", "LABELS", "PNG_SIGNATURE", "TABLES", "TIMESTAMP", "Column", "TableSchema",
                  "count_feature_names"],
-        validation: ["SchemaError", "table_schema", "validate"],
+        validation: ["SchemaError", "duplicate_keys", "table_schema", "validate"],
         parquet_io: ["UnreadableTableError", "read_table", "table_columns", "write_table"],
         embedding_columns: ["checked_embedding_matrix", "embedding_array", "embedding_matrix"],
     }
