@@ -83,13 +83,6 @@ def _atomic_registry_store():
     return AtomicFileRegistryStore
 
 
-def exclusive(lock: Path, what: str):
-    """Hold the feature store's lock file while the block runs (core.files.locked); a second command waits for
-    the first."""
-    return locked(lock, waiting=f"waiting for another `python -m feature_store` command on {what} to finish "
-                                f"(lock {lock})")
-
-
 def _close_sqlite(store) -> None:
     """Close the connection Feast's SQLite online store keeps open."""
     online_store = getattr(store._get_provider(), "online_store", None)
@@ -271,11 +264,16 @@ class FeatureRepo:
         """The lock every command of this data directory's feature store holds while it writes."""
         return self.layout.features / ".lock"
 
-    def _recover_offline(self) -> None:
-        """A build killed between its two renames left the previous offline folder at .offline.old: put it back."""
-        old = self.layout.features / ".offline.old"
-        if old.exists() and not self.layout.offline.exists():
-            os.replace(old, self.layout.offline)
+    @contextlib.contextmanager
+    def _writing(self):
+        """What every command runs under: the store's lock (a second command waits), and the offline folder put
+        back at its name if a build was killed between its two renames (it waits at .offline.old)."""
+        with locked(self.lock, waiting=f"waiting for another `python -m feature_store` command on "
+                                       f"{self.layout.features} to finish (lock {self.lock})"):
+            old = self.layout.features / ".offline.old"
+            if old.exists() and not self.layout.offline.exists():
+                os.replace(old, self.layout.offline)
+            yield
 
     def registered_dim(self) -> int | None:
         """The embedding_dim this version is registered with in the Feast registry (None if not registered)."""
@@ -317,8 +315,7 @@ class FeatureRepo:
         meta = embedding_metadata(self.layout, self.version)
         self._template()  # a template that cannot take the configured online store fails before any work
         dim = meta["embedding_dim"]
-        with exclusive(self.lock, str(self.layout.features)):
-            self._recover_offline()
+        with self._writing():
             registered = self.registered_dim()
             if registered is not None and registered != dim:
                 raise SchemaError("product_embeddings", "embedding",
@@ -475,8 +472,7 @@ class FeatureRepo:
         run killed midway) never sees a half-written store. Redis: Feast writes the keys in place, so a reader
         may see a mix while it runs; a rerun rewrites every view from scratch (the same final state). Under the
         feature store's lock, like build and training-set: a second run waits for the first."""
-        with exclusive(self.lock, str(self.layout.features)):
-            self._recover_offline()
+        with self._writing():
             return self._materialize_locked(end)
 
     def _materialize_locked(self, end: datetime | None) -> datetime:
@@ -551,8 +547,7 @@ class FeatureRepo:
         """training_sets/<version>/{train,valid,test}/part-*.parquet + metadata.json, written into a staged folder
         renamed into place. Under the feature store's lock: a second run waits, then writes the same folder again
         (two runs racing their renames would otherwise fail one with an OSError and leave a stray folder)."""
-        with exclusive(self.lock, str(self.layout.features)):
-            self._recover_offline()
+        with self._writing():
             return self._training_sets()
 
     def _training_sets(self) -> dict:
