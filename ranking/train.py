@@ -449,14 +449,13 @@ def _export(cfg: RankingConfig, shared: SharedInputs, result: ModelResult, paren
 
     data = shared.data
     test = data["test"]
-    check_finite(result.model, test.take(np.arange(min(len(test), 4096))).columns, f"MLflow run {result.run_id}",
-                 f"rows of {data.path}/test")
+    rows = test.take(np.arange(min(len(test), 4096)))  # checked before the export, compared after it
+    check_finite(result.model, rows.columns, f"MLflow run {result.run_id}", f"rows of {data.path}/test")
     path = export_model(result.model, cfg.export_dir, cfg.export_model, extra_assets={
         "mlflow_run_id": result.run_id, "mlflow_parent_run_id": parent_id, "embedding_version": data.embedding_version,
         "embedding_model": data.metadata.get("embedding_model", {}), "training_set": str(data.path),
         "nan_impute": dict(result.model.prep.impute)},  # the train means NaN dense inputs get (batch_score --nan)
         warmup=test.columns, progress=True)
-    rows = test.take(np.arange(min(len(test), 4096)))
     reloaded = serving_predict(load_serving_fn(path), rows.columns, data.spec)
     direct = predict(result.model, rows, data.spec)
     diff = float(np.max(np.abs(reloaded - direct)))
