@@ -27,14 +27,14 @@ import fcntl
 import glob
 import json
 import os
-import sys
 import shutil
 import signal
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from fnmatch import fnmatch
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 
