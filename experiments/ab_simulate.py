@@ -398,7 +398,8 @@ def calibration_rates(reps: pd.DataFrame) -> pd.DataFrame:
 def interleave(candidates: Candidates, scores: dict[str, np.ndarray], slots: int, rng: np.random.Generator):
     """Team-draft interleaving (A = control, B = treatment) of every request; clicks from the true model.
 
-    Returns (wins (R, 2) click credits (A, B), clicks (R,), impressions (R,)).
+    Returns (wins (R, 2) credits (A, B) of the clicks on contested positions (interleaving.credit), clicks (R,),
+    impressions (R,), contested (R,) contested positions shown).
     """
     from experiments.ab.interleaving import credit, team_draft
 
@@ -406,34 +407,41 @@ def interleave(candidates: Candidates, scores: dict[str, np.ndarray], slots: int
     wins = np.zeros((candidates.n_requests, 2), np.int64)
     clicks = np.zeros(candidates.n_requests, np.int64)
     imps = np.zeros(candidates.n_requests, np.int64)
+    contested = np.zeros(candidates.n_requests, np.int64)
     decay = candidates.position_decay
     for r in range(candidates.n_requests):
         lo, hi = starts[r], starts[r + 1]
         rank_a = list(lo + np.argsort(-scores["control"][lo:hi], kind="stable"))
         rank_b = list(lo + np.argsort(-scores["treatment"][lo:hi], kind="stable"))
-        shown, team = team_draft(rank_a, rank_b, slots, rng)
-        idx = np.asarray(shown, np.int64)
+        draft = team_draft(rank_a, rank_b, slots, rng)
+        idx = np.asarray(draft.shown, np.int64)
         p = np.arange(1, len(idx) + 1, dtype=float) ** -decay * candidates.attraction[idx]
         clicked = np.flatnonzero(rng.random(len(idx)) < p)
-        wins[r] = credit(team, clicked.tolist())
-        clicks[r], imps[r] = len(clicked), len(idx)
-    return wins, clicks, imps
+        wins[r] = credit(draft.team, draft.contested, clicked.tolist())
+        clicks[r], imps[r], contested[r] = len(clicked), len(idx), sum(draft.contested)
+    return wins, clicks, imps, contested
 
 
 def interleaving_summary(candidates: Candidates, scores: dict[str, np.ndarray], log: pd.DataFrame, slots: int,
                          seed: int, n_boot: int = 300) -> dict:
-    """Preference test of the interleaving on the same requests and users needed by each design (sensitivity)."""
+    """Preference test of the interleaving on the same requests and users needed by each design (sensitivity).
+
+    Both designs count every user with a test request: the interleaving outcome of a user without credited clicks
+    is 0 (interleaving.exposed_outcomes), as a user without clicks is counted by the A/B test.
+    """
     from experiments.ab import log as ablog
-    from experiments.ab.interleaving import preference_outcomes, preference_test
+    from experiments.ab.interleaving import exposed_outcomes, preference_test
     from experiments.ab.sensitivity import users_ratio
 
-    wins, _, _ = interleave(candidates, scores, slots, np.random.default_rng([seed, 1]))
+    wins, _, imps, contested = interleave(candidates, scores, slots, np.random.default_rng([seed, 1]))
     pref = preference_test(wins, groups=candidates.user_id)
     users = ablog.user_table(log)
     per_arm = [users.loc[users["arm"] == arm, ["clicks", "impressions"]].to_numpy(float) for arm in ARMS]
-    ratio = users_ratio(per_arm[0], per_arm[1], preference_outcomes(wins, candidates.user_id), n_boot=n_boot,
-                        seed=seed)
+    outcomes = exposed_outcomes(wins, candidates.user_id)  # (n_users,)
+    ratio = users_ratio(per_arm[0], per_arm[1], outcomes, n_boot=n_boot, seed=seed)
     return {"preference": pref._asdict(),
+            "credit": {"rule": "clicks on contested positions only", "contested_share": contested.sum() / imps.sum(),
+                       "users": len(outcomes)},
             "users_needed": {"ab_total": 2 * ratio.ab.users, "ab_per_arm": ratio.ab.users,
                              "interleaving": ratio.interleaving.users, "ratio": ratio.ratio, "ratio_se": ratio.se,
                              "ratio_ci": [ratio.ci_low, ratio.ci_high],

@@ -7,8 +7,12 @@ from. Sample sizes use the closed-form normal approximation, 80% power and 5% tw
 
 - A/B, CTR ratio metric: effect = CTR_t - CTR_c; variance = sigma_c^2 + sigma_t^2 with sigma^2 the per-user
   delta-method variance of the ratio (tea-tasting's `Aggregates.ratio_var`); n is users per arm.
-- Interleaving: every user sees the interleaved list, one group; outcomes are per-user preferences in {-1, 0, 1}
-  (`interleaving.preference_outcomes`); effect = their mean, variance = their variance; n is users in total.
+- Interleaving: every user sees the interleaved list, one group; outcomes are per-user preferences in {-1, 0, 1},
+  sign(credited B clicks - credited A clicks), for every user exposed, 0 for a user without credited clicks
+  (`interleaving.exposed_outcomes`; only clicks on contested positions are credited, `interleaving.credit`);
+  effect = their mean, variance = their variance; n is users in total. Dropping the users without clicks would
+  count only the users who click, which no experiment can enroll in advance, and flatter interleaving by about
+  1 / (share of users who click) against the A/B side, which counts every user.
 
 `users_ratio` compares the totals (A/B both arms / interleaving) and bootstraps its simulation standard error.
 """
@@ -60,7 +64,8 @@ def ab_sample_size(control: np.ndarray, treatment: np.ndarray, alpha: float = 0.
 
 
 def interleaving_sample_size(preferences: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> SampleSize:
-    """Users for an interleaving test; preferences: (n_users,) per-user outcomes, e.g. sign(B clicks - A clicks)."""
+    """Users for an interleaving test; preferences: (n_users,) per-user outcomes of every exposed user, e.g.
+    `interleaving.exposed_outcomes`."""
     preferences = np.asarray(preferences, dtype=float)
     effect, variance = float(preferences.mean()), float(preferences.var(ddof=1))
     return SampleSize(effect, variance, users_needed(effect, variance, alpha, power))

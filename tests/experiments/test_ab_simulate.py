@@ -109,6 +109,20 @@ def test_interleaving_summary_prefers_the_oracle(candidates, positions):
     out = sim.interleaving_summary(candidates, scores, log, SLOTS, seed=0, n_boot=20)
     assert out["preference"]["delta"] > 0
     assert out["users_needed"]["interleaving"] > 0 and np.isfinite(out["users_needed"]["ratio"])
+    # every user with a test request is counted, those without credited clicks too (as in the A/B test)
+    assert out["credit"]["users"] == len(np.unique(candidates.user_id)) > out["preference"]["n_units"]
+    assert 0 < out["credit"]["contested_share"] < 1
+
+
+def test_interleave_credits_only_contested_positions_and_identical_rankers_get_none(candidates):
+    logged = -candidates.table.column("position").to_numpy().astype(float)
+    same = {"control": logged, "treatment": logged}
+    wins, clicks, imps, contested = sim.interleave(candidates, same, SLOTS, np.random.default_rng(0))
+    assert clicks.sum() > 0 and wins.sum() == 0 and contested.sum() == 0
+    assert np.array_equal(imps, np.minimum(np.bincount(candidates.request), SLOTS))
+    oracle = {"control": logged, "treatment": candidates.attraction}
+    wins, clicks, _, contested = sim.interleave(candidates, oracle, SLOTS, np.random.default_rng(0))
+    assert np.all(wins.sum(axis=1) <= np.minimum(clicks, contested))
 
 
 def test_calibration_coverage_of_the_true_lift_and_aa_rejection(candidates, positions):
