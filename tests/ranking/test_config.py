@@ -38,6 +38,12 @@ def test_the_shipped_configs_load(name):
     assert cfg.name == name and cfg.export_model in cfg.models
 
 
+def test_the_ablation_config_compares_the_two_tower_variants_with_dcn_and_exports_nothing():
+    cfg = load_config(RankingConfig, ROOT / "experiments" / "configs" / "ranking" / "demo_ablations.yaml")
+    assert cfg.baseline in cfg.models and not cfg.export_model
+    assert {"dashclip_two_tower", "dashclip_two_tower_no_history", "dcn_dashclip_concat"} <= set(cfg.models)
+
+
 def test_export_model_must_be_a_trained_neural_model():
     with pytest.raises(ConfigError, match="is a baseline"):
         load_config(RankingConfig, None, ["export_model=gbdt", "models=[gbdt]"])
