@@ -410,6 +410,10 @@ def simulate(cfg: WorldConfig, out: Path, overwrite: bool = False, progress: boo
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a world folder; --overwrite replaces world folders only")
+    if file := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
+        raise NotADirectoryError(f"{out}: {file} is a file, not a folder")
     with staged_folder(out) as tmp:
         meta = _write_world(cfg, tmp, progress)
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -505,4 +509,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_on(main, ConfigError, FileExistsError)
+    exit_on(main, ConfigError, FileExistsError, NotADirectoryError)

@@ -131,6 +131,19 @@ def test_command_line_existing_folder_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and "pass --overwrite" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_out_folder_under_a_file_or_an_out_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
+        simulate.simulate(_tiny_cfg(), tmp_path / "afile" / "world", progress=False)
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a world folder"):
+        simulate.simulate(_tiny_cfg(), tmp_path / "afile", overwrite=True, progress=False)
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    done = subprocess.run([sys.executable, "-m", "experiments.simulate", "--config", str(TINY), "--out",
+                           str(tmp_path / "afile" / "w")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"error: {tmp_path / 'afile' / 'w'}: {tmp_path / 'afile'} is a file, not a folder"
+
+
 @pytest.mark.parametrize("boost", [2.0, 0.0, -0.7])
 def test_fresh_products_are_drawn_1_plus_boost_times_as_often(boost):
     now = 100 * DAY_US
