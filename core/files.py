@@ -73,6 +73,27 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike, old: str |
     fault_point("after-rename", target)
 
 
+def previous_version(target: str | os.PathLike) -> Path:
+    """The fixed name (`.<name>.old`) under which `target`'s previous version waits while a new one is swapped in
+    (staged_folder's `old`): a process restarted after a kill between the two renames finds it there, which a
+    name with the pid in it would not allow."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.old")
+
+
+def current_or_previous(target: str | os.PathLike, complete: Callable[[Path], bool]) -> Path | None:
+    """`target` if `complete` says so, else its previous version if a kill between the two renames left it
+    complete at `previous_version(target)`, else None."""
+    return next((c for c in (Path(target), previous_version(target)) if complete(c)), None)
+
+
+def restore_previous(target: str | os.PathLike) -> None:
+    """Put `target`'s previous version back at its name if a kill between the two renames left only that."""
+    target, previous = Path(target), previous_version(target)
+    if previous.exists() and not target.exists():
+        os.replace(previous, target)
+
+
 def _remove_orphans(target: Path) -> None:
     """Remove staging folders of `target` left by killed processes (their pid is in the name)."""
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.tmp-*-*"):

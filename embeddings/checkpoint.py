@@ -28,7 +28,7 @@ from torch import nn
 from transformers import BlipConfig, BlipForImageTextRetrieval
 
 from core.config import config_to_dict
-from core.files import locked, staged_folder
+from core.files import current_or_previous, locked, previous_version, staged_folder
 from embeddings.config import EmbeddingConfig, ModelConfig
 from embeddings.model import DashClip
 from embeddings.pretrained import architecture, blip_config, resolved_blip_config
@@ -215,25 +215,15 @@ def _optimizer_tensors(model: DashClip, opt: torch.optim.Optimizer) -> dict[str,
     return out
 
 
-def _previous_state(path: Path) -> Path:
-    """Where the previous state folder waits while a new one is swapped in: a fixed name, so that a run killed
-    between the two renames finds it (a name with the pid in it would be lost with the process)."""
-    return path.with_name(f".{path.name}.old")
-
-
 def find_train_state(path_dir: str | Path) -> Path | None:
     """The state folder, or its previous version if a kill came between the two renames of a save; None if none."""
-    path = Path(path_dir)
-    for candidate in (path, _previous_state(path)):
-        if (candidate / "model_config.json").is_file():
-            return candidate
-    return None
+    return current_or_previous(path_dir, lambda candidate: (candidate / "model_config.json").is_file())
 
 
 def remove_train_state(path_dir: str | Path) -> None:
     path = Path(path_dir)
     shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(_previous_state(path), ignore_errors=True)
+    shutil.rmtree(previous_version(path), ignore_errors=True)
 
 
 def save_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, counters: dict,
@@ -244,7 +234,7 @@ def save_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str 
     if extra is not None:
         tensors.update({f"extra::{k}": v for k, v in extra.items()})
     return save_checkpoint(model, model.cfg, path_dir, extra_tensors=tensors, extra_json=counters,
-                           old=_previous_state(Path(path_dir)))
+                           old=previous_version(path_dir))
 
 
 def load_train_state(model: DashClip, opt: torch.optim.Optimizer, path_dir: str | Path, train_fingerprint: str,

@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 
 from core.config import (ConfigError, add_config_args, check_folder_name, config_from_args, config_to_dict, exit_on,
                          load_config)
-from core.files import staged_folder, write_text_atomically
+from core.files import previous_version, staged_folder, write_text_atomically
 
 ARMS = ("control", "treatment")
 MLFLOW_EXPERIMENT = "ab-tests"
@@ -494,7 +494,7 @@ def run(cfg: AbSimConfig, control: str | Path, treatment: str | Path, data: str 
     log = simulate_log(candidates, positions, cfg.salt, cfg.seed, cfg.treatment_share, cfg.broken_split)
     # Everything goes into a staged folder renamed onto <out> at the end: a reader (or a run killed midway) never
     # sees a new log beside an old truth.json; a rerun writes the whole folder again.
-    with staged_folder(out, old=out.with_name(f".{out.name}.old")) as tmp:
+    with staged_folder(out, old=previous_version(out)) as tmp:
         tmp.chmod(0o755)
         summary = _write_outputs(cfg, tmp, out, candidates, scores, log, truth, infos, exports)
     return summary

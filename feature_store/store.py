@@ -35,7 +35,7 @@ import yaml
 from tqdm import tqdm
 
 from core.config import ConfigError, config_to_dict
-from core.files import locked, staged_file, staged_folder, write_text_atomically
+from core.files import locked, previous_version, restore_previous, staged_file, staged_folder, write_text_atomically
 from feature_store import derive
 from feature_store.config import SPLITS, FeatureStoreConfig, Layout, parse_time
 from feature_store.features import (
@@ -266,13 +266,13 @@ class FeatureRepo:
 
     @contextlib.contextmanager
     def _writing(self):
-        """What every command runs under: the store's lock (a second command waits), and the offline folder put
-        back at its name if a build was killed between its two renames (it waits at .offline.old)."""
+        """What every command runs under: the store's lock (a second command waits), and the offline folder and
+        this version's training sets put back at their names if a command was killed between the two renames of
+        their swap (core.files.previous_version)."""
         with locked(self.lock, waiting=f"waiting for another `python -m feature_store` command on "
                                        f"{self.layout.features} to finish (lock {self.lock})"):
-            old = self.layout.features / ".offline.old"
-            if old.exists() and not self.layout.offline.exists():
-                os.replace(old, self.layout.offline)
+            restore_previous(self.layout.offline)
+            restore_previous(self.layout.training_sets(self.version))
             yield
 
     def registered_dim(self) -> int | None:
@@ -374,7 +374,7 @@ class FeatureRepo:
         offline = self.layout.offline
         mine = {self.table_path(t).parent.relative_to(offline) for t in STORE_TABLES}
         rows = {}
-        with staged_folder(offline, old=self.layout.features / ".offline.old") as tmp:
+        with staged_folder(offline, old=previous_version(offline)) as tmp:
             tmp.chmod(0o755)  # a staging folder is private (0700); the offline store is not
             if offline.is_dir():
                 for entry in sorted(offline.rglob("*")):
@@ -564,7 +564,7 @@ class FeatureRepo:
         if not files:
             raise FileNotFoundError(f"table 'impressions': no parquet files in {self.layout.raw('impressions')}")
         bar = tqdm(files, desc=f"training sets {self.version}", unit="part", disable=not self.cfg.progress)
-        with staged_folder(target, old=target.with_name(f".{target.name}.old")) as tmp:
+        with staged_folder(target, old=previous_version(target)) as tmp:
             for chunk in _chunks(bar, self.cfg.chunk_rows):
                 store = self.historical(chunk.select(["ts", *ENTITY_KEYS]))
                 table = assemble({c: chunk.column(c) for c in IMPRESSION_COLUMNS},

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from core import metrics
-from core.files import staged_folder
+from core.files import current_or_previous, previous_version, staged_folder
 from ranking import distribute
 from ranking.calibration import fit_calibration, logit, sigmoid
 from ranking.config import TrainConfig
@@ -86,11 +86,8 @@ def predict(model: PCTRModel, split: Split, spec: FeatureSpec, batch_size: int =
 
 
 def _complete(folder: Path) -> Path | None:
-    """The folder, or its `.old` twin if a crash hit between the two renames; None if neither is complete."""
-    for candidate in (folder, folder.with_name(f"{folder.name}.old")):
-        if (candidate / "state.json").exists():
-            return candidate
-    return None
+    """The folder, or its previous version if a crash hit between the two renames; None if neither is complete."""
+    return current_or_previous(folder, lambda candidate: (candidate / "state.json").exists())
 
 
 def _checkpoint(model: PCTRModel) -> tf.train.Checkpoint:
@@ -108,7 +105,7 @@ def _save(folder: Path, model: PCTRModel, state: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="ranking-worker-ckpt-") as tmp:
             _checkpoint(model).write(str(Path(tmp) / "ckpt"))
         return
-    with staged_folder(folder, old=folder.with_name(f"{folder.name}.old")) as tmp:
+    with staged_folder(folder, old=previous_version(folder)) as tmp:
         _checkpoint(model).write(str(tmp / "ckpt"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
 

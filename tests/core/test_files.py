@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from core import files
-from core.files import replace_folder, staged_file, staged_folder, write_text_atomically
+from core.files import (current_or_previous, previous_version, replace_folder, restore_previous, staged_file,
+                        staged_folder, write_text_atomically)
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -127,6 +128,30 @@ def test_a_kill_between_the_two_renames_leaves_the_previous_folder_under_the_fix
     assert calls[0] == ("out", ".out.previous")
     assert not old_folder.exists()
     assert tree(old) == {"a.txt": "old a", "sub/b.txt": "old b"}  # a restarted process finds it here
+
+
+def test_after_a_kill_between_the_renames_the_previous_version_is_found_and_restored(old_folder, monkeypatch):
+    assert previous_version(old_folder) == old_folder.with_name(".out.old")
+    real_replace = os.replace
+
+    def killed_on_second_rename(src, dst):
+        if Path(src).name != "out":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", killed_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(old_folder, old=previous_version(old_folder)) as tmp:
+            (tmp / "a.txt").write_text("new")
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    has_a = lambda folder: (folder / "a.txt").is_file()  # noqa: E731
+    assert current_or_previous(old_folder, has_a) == previous_version(old_folder)
+    restore_previous(old_folder)
+    assert tree(old_folder) == {"a.txt": "old a", "sub/b.txt": "old b"} and not previous_version(old_folder).exists()
+    assert current_or_previous(old_folder, has_a) == old_folder
+    restore_previous(old_folder)  # nothing to restore: unchanged
+    assert tree(old_folder) == {"a.txt": "old a", "sub/b.txt": "old b"}
+    assert current_or_previous(old_folder.with_name("absent"), has_a) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.files import previous_version
 from feature_store.features import ONLINE_COLUMNS, TRAINING_COLUMNS
 from feature_store.schema import COUNT_ENTITIES, COUNT_WINDOWS_DAYS, SchemaError
 from feature_store.store import FeatureRepo
@@ -200,3 +201,18 @@ def test_entity_rows_with_null_keys_or_naive_timestamps_are_rejected(built):
         repo.historical(rows.assign(ts=[at.tz_localize(None)] * 2, user_id=[1, 2]))
     with pytest.raises(SchemaError, match=r"'entity rows'.*column 'ad_id': missing column"):
         repo.historical(rows.drop(columns="ad_id"))
+
+
+def test_the_offline_store_and_training_sets_left_at_their_previous_names_by_a_kill_are_put_back(built, tmp_path):
+    """A command killed between the two renames of a swap leaves the previous version only at its fixed name
+    (core.files.previous_version); the next feature_store command puts it back before anything else."""
+    data = tmp_path / "tiny"
+    shutil.copytree(built, data)
+    moved = [data / "features" / "offline", data / "training_sets" / VERSION]
+    before = {p: sorted(f.relative_to(p) for f in p.rglob("*")) for p in moved}
+    for folder in moved:
+        folder.rename(previous_version(folder))
+    with FeatureRepo(data, VERSION)._writing():
+        assert {p: sorted(f.relative_to(p) for f in p.rglob("*")) for p in moved} == before
+    assert not any(previous_version(p).exists() for p in moved)
+    assert training_set(data).equals(training_set(built))
