@@ -172,12 +172,14 @@ def preference_test(wins: np.ndarray, groups: Sequence[Hashable] | None = None,
     `groups=user_id` when users issue several requests, or the interval is too narrow.
     """
     outcomes = preference_outcomes(wins, groups)  # (n_units,)
-    test = scipy.stats.ttest_1samp(outcomes, 0.0)
-    interval = test.confidence_interval(1 - alpha)
+    if len(outcomes) < 2:  # no test (an A/A run with one ranker credits no click at all): nan, not a warning
+        delta, low, high, p_value = float(outcomes.mean()) if len(outcomes) else np.nan, np.nan, np.nan, np.nan
+    else:
+        test = scipy.stats.ttest_1samp(outcomes, 0.0)
+        interval = test.confidence_interval(1 - alpha)
+        delta, low, high, p_value = float(outcomes.mean()), interval.low, interval.high, test.pvalue
     return Preference(
-        delta=float(outcomes.mean()) if len(outcomes) else float("nan"),
-        ci_low=float(interval.low), ci_high=float(interval.high), p_value=float(test.pvalue),
-        n_units=len(outcomes),
+        delta=delta, ci_low=float(low), ci_high=float(high), p_value=float(p_value), n_units=len(outcomes),
         a_wins=int((outcomes < 0).sum()), b_wins=int((outcomes > 0).sum()), ties=int((outcomes == 0).sum()),
     )
 

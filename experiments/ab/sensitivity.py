@@ -47,10 +47,12 @@ class UsersRatio(NamedTuple):
 
 
 def users_needed(effect: float, variance: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """n = (z_{1-alpha/2} + z_{power})^2 * variance / effect^2: the closed-form normal sample size (inf if 0 effect)."""
+    """n = (z_{1-alpha/2} + z_{power})^2 * variance / effect^2: the closed-form normal sample size (inf if 0 effect:
+    no number of users detects no difference)."""
+    if effect == 0:
+        return float("inf")
     z_sum = scipy.stats.norm.ppf(1 - alpha / 2) + scipy.stats.norm.ppf(power)
-    with np.errstate(divide="ignore"):
-        return float(z_sum**2 * variance / np.float64(effect) ** 2)
+    return float(z_sum**2 * variance / np.float64(effect) ** 2)
 
 
 def ab_sample_size(control: np.ndarray, treatment: np.ndarray, alpha: float = 0.05,

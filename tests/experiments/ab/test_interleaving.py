@@ -176,6 +176,17 @@ def test_preference_outcomes_drop_requests_without_clicks():
     assert preference_outcomes(WINS).tolist() == [1, -1, 0, 1, -1, 1]
 
 
+def test_a_preference_test_without_two_units_with_credited_clicks_is_nan_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = preference_test(np.zeros((5, 2)))  # an A/A run with one ranker: no contested click anywhere
+        one = preference_test(np.array([[0.0, 2.0], [0.0, 0.0]]))
+    assert none.n_units == 0 and np.isnan([none.delta, none.ci_low, none.ci_high, none.p_value]).all()
+    assert one.n_units == 1 and one.delta == 1.0 and np.isnan([one.ci_low, one.ci_high, one.p_value]).all()
+
+
 def test_preference_test_is_the_hand_computed_t_interval():
     outcomes = np.array([1, -1, 0, 1, -1, 1])  # B, A, tie, B, A, B
     delta = (3 - 2) / (3 + 2 + 1)

@@ -13,6 +13,7 @@ Z_SUM_SQUARED = (1.959963984540054 + 0.8416212335729143) ** 2  # (z_0.975 + z_0.
 def test_users_needed_is_the_closed_form():
     assert users_needed(0.1, 1.0) == pytest.approx(Z_SUM_SQUARED / 0.01, rel=1e-12)  # 784.9
     assert users_needed(-0.1, 1.0) == users_needed(0.1, 1.0)
+    assert users_needed(0.0, 0.0) == users_needed(0.0, 1.0) == float("inf")  # an A/A run: no effect to detect
     assert users_needed(0.1, 1.0, power=0.5) == pytest.approx(1.959963984540054**2 / 0.01, rel=1e-12)
 
 
