@@ -81,6 +81,10 @@ def _as_array(values) -> pa.Array:
 def fill_embedding(values, n: int, dim: int) -> pa.Array:
     """list<float32> with nulls -> list<float32> of `dim` per row, zeros for nulls (values copied bit for bit)."""
     col = _as_array(values)
+    if not col.null_count and n:  # the usual case online: every vector known, copied once
+        matrix = embedding_matrix(col, dim)
+        if matrix.shape == (n, dim):
+            return embedding_array(matrix)
     out = np.zeros((n, dim), np.float32)
     valid = col.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
     if valid.any():
@@ -98,6 +102,10 @@ def product_age_days(ts, created_us) -> pa.Array:
     return pa.array(age.astype(np.float32))
 
 
+def _cast(col: pa.Array, dtype: pa.DataType) -> pa.Array:
+    return col if col.type == dtype else col.cast(dtype)
+
+
 def assemble(request: dict, store: dict, dim: int, columns=TRAINING_COLUMNS) -> pa.Table:
     """Training-set columns (those in `columns`, schema order and dtypes) from request columns and looked-up
     store features (None / nulls where missing). `request` holds at least ts and the other wanted request
@@ -111,9 +119,10 @@ def assemble(request: dict, store: dict, dim: int, columns=TRAINING_COLUMNS) -> 
             out[name] = product_age_days(request["ts"], store["created_us"])
         elif name in EMBEDDINGS:
             out[name] = fill_embedding(store[name], n, dim)
-        elif name in STORE_FEATURES:
-            out[name] = pc.fill_null(_as_array(store[name]).cast(dtype), pa.scalar(DEFAULTS[name], dtype))
+        elif name in STORE_FEATURES:  # no cast or fill where nothing changes: per-call costs add up online
+            col = _cast(_as_array(store[name]), dtype)
+            out[name] = pc.fill_null(col, pa.scalar(DEFAULTS[name], dtype)) if col.null_count else col
         else:
-            out[name] = _as_array(request[name]).cast(dtype)
+            out[name] = _cast(_as_array(request[name]), dtype)
     return pa.table(out, schema=pa.schema([pa.field(c, schema.column(c).dtype) for c in columns]))
 

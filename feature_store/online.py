@@ -13,8 +13,9 @@ of Python per request of 100-200 candidates on work a ranker does not need (resp
 The reader follows the rendered repo's online store (FeatureStoreConfig.online_store):
 
     sqlite  one SELECT per feature view on the file Feast writes (rows: entity_key, feature_name, value)
-    redis   one server-side script of HMGETs, one round trip: a hash per entity key + project, a field per
-            mmh3("<view>:<feature>") (Feast's Redis format, docs/specs/online_store_format.md in the Feast repo)
+    redis   one HMGET per distinct entity, pipelined in one write, one round trip: a hash per entity key +
+            project, a field per mmh3("<view>:<feature>") (Feast's Redis format,
+            docs/specs/online_store_format.md in the Feast repo)
     other   Feast's OnlineStore.online_read per view (any store Feast supports: slower, same values)
 
 Values are assembled by the same function as the training sets (feature_store.features.assemble) with the same
@@ -41,10 +42,12 @@ from feature_store.features import (
     CONTEXT, EMBEDDINGS, ENTITY_KEYS, ONLINE_COLUMNS, STORE_FEATURES, STORE_TABLES, STORE_TYPES, assemble,
 )
 from feature_store.schema import TIMESTAMP, SchemaError, embedding_array
-from feature_store.store import FeatureRepo, check_entity_rows
+from feature_store.store import FeatureRepo
 
 REQUEST = "online request"
 FLOAT_HEADER = b"\x35"  # a Feast Value's float_val: field 6, wire type 5 (fixed32), then the float32
+# A Feast Value's tag byte for the varint and string fields: int32_val (field 3), int64_val (4), string_val (2).
+WIRE_TAGS = {pa.int32(): 0x18, pa.int64(): 0x20, pa.string(): 0x12}
 
 
 class OnlineFeatures:
@@ -62,6 +65,10 @@ class OnlineFeatures:
         dim = self.embedding_dim  # a float_list_val of D floats: these bytes, then the floats
         self._vector_header = Value(float_list_val={"val": [0.0] * dim}).SerializeToString()[:-4 * dim]
         self._types = STORE_TYPES
+        self._float_groups: dict[str, list[str]] = {}  # join key -> its float32 (not embedding) features
+        for f in STORE_FEATURES:
+            if STORE_TYPES[f] == pa.float32():
+                self._float_groups.setdefault(self.values.join_key[f], []).append(f)
         self.columns = ONLINE_COLUMNS
 
     def get(self, user_id: int, query_id: int, product_ids, context: dict, ad_ids=None,
@@ -78,21 +85,23 @@ class OnlineFeatures:
         if missing:
             raise SchemaError(REQUEST, missing[0], f"missing request-time context field(s) {missing}")
         ts = _timestamp(context["ts"])
-        rows = check_entity_rows(pa.table({
-            "ts": pa.array([ts.value] * n, pa.int64()).cast(TIMESTAMP),
-            "user_id": _id_array([user_id] * n, "user_id"), "query_id": _id_array([query_id] * n, "query_id"),
-            "product_id": _id_array(product_ids, "product_id"),
-            "ad_id": _id_array(_per_candidate(ad_ids, n, "ad_id"), "ad_id"),
-        }), REQUEST)
+        ids = {"user_id": _id_array([user_id], "user_id"), "query_id": _id_array([query_id], "query_id"),
+               "product_id": _id_array(product_ids, "product_id"),
+               "ad_id": _id_array(_per_candidate(ad_ids, n, "ad_id"), "ad_id")}
         if n:  # each distinct entity read once, then spread over the candidates
             distinct, spread = {}, {}
-            for key in ENTITY_KEYS:
-                distinct[key], spread[key] = np.unique(rows.column(key).to_numpy(), return_inverse=True)
-            raw = self.values.read({key: ids.tolist() for key, ids in distinct.items()})
-            store = {f: self._store_column(f, raw[f], spread[self.values.join_key[f]]) for f in STORE_FEATURES}
+            for key in ENTITY_KEYS:  # user and query: one id for every candidate
+                ids_of = ids[key].to_numpy()
+                distinct[key], spread[key] = ((ids_of, np.zeros(n, np.intp)) if len(ids_of) == 1
+                                              else np.unique(ids_of, return_inverse=True))
+            raw = self.values.read({key: values.tolist() for key, values in distinct.items()})
+            store = self._float_columns(raw, spread)
+            for f in STORE_FEATURES:
+                if f not in store:
+                    store[f] = self._store_column(f, raw[f], spread[self.values.join_key[f]])
         else:  # no candidates: empty columns, no store call
             store = {f: pa.nulls(0, self._types[f]) for f in STORE_FEATURES}
-        request = {"ts": rows.column("ts")}
+        request = {"ts": pa.array(np.full(n, ts.value, np.int64)).cast(TIMESTAMP)}
         for name in CONTEXT[1:]:
             request[name] = pa.array(_per_candidate(context[name], n, name))
         table = assemble(request, store, self.embedding_dim, columns=self.columns)
@@ -107,30 +116,67 @@ class OnlineFeatures:
                 out[name] = col.to_numpy(zero_copy_only=False)
         return out
 
+    def _float_columns(self, raw: dict[str, list], spread: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+        """The float32 features of each join key decoded together, one numpy pass for all of them (most of a
+        request's features: the counts), where every entity has every one; {} for a group with a gap (those
+        go through _store_column one by one)."""
+        out = {}
+        for key, names in self._float_groups.items():
+            blobs = [b for f in names for b in raw[f]]
+            packed = _packed(blobs, FLOAT_HEADER, 1) if all(blobs) else None
+            if packed is not None:
+                for f, values in zip(names, packed[:, 0].reshape(len(names), -1)):
+                    out[f] = pa.array(values[spread[key]])
+        return out
+
     def _store_column(self, name: str, blobs: list, spread: np.ndarray) -> pa.Array:
         """Serialized Feast values of the distinct entities (None: no row) -> the candidates' arrow column
-        (entity spread[i] for candidate i), null where the store has nothing. A value with no field set
-        serializes to b"", so an empty blob is a null too. float32 values and vectors are decoded from their
-        wire bytes in one numpy pass (bit for bit); anything else through the protos."""
+        (entity spread[i] for candidate i) in the feature's dtype, null where the store has nothing. A value
+        with no field set serializes to b"", so an empty blob is a null too. The values of all entities are
+        decoded at once from their wire bytes with numpy (float32 values and vectors, varint ints, short
+        strings; bit for bit); any other layout through the protos."""
         dtype = self._types[name]
         found = list(filter(None, blobs))  # C speed; the usual case is every entity known
-        present = np.ones(len(blobs), bool) if len(found) == len(blobs) else np.array([bool(b) for b in blobs])
+        if len(found) == len(blobs):
+            present, rows = None, spread
+        else:  # rows[i]: candidate i's value among `found`, -1 (null) for an entity without one
+            present = np.fromiter(map(bool, blobs), bool, len(blobs))
+            lookup = np.full(len(blobs), -1, np.intp)
+            lookup[present] = np.arange(len(found))
+            rows = lookup[spread]
         if name in EMBEDDINGS:
-            out = np.zeros((len(blobs), self.embedding_dim), np.float32)
-            if found:
-                out[present] = self._vectors(name, found)
-            return embedding_array(out[spread], null_rows=~present[spread])
+            vectors = self._vectors(name, found) if found else np.zeros((0, self.embedding_dim), np.float32)
+            if present is None:
+                return embedding_array(vectors[spread])
+            out = np.zeros((len(spread), self.embedding_dim), np.float32)
+            out[rows >= 0] = vectors[rows[rows >= 0]]
+            return embedding_array(out, null_rows=rows < 0)
         if not found:
             return pa.nulls(len(spread), dtype)
-        packed = _packed(found, FLOAT_HEADER, 1) if dtype == pa.float32() else None
-        if packed is not None:
-            values = np.zeros(len(blobs), np.float32)
-            values[present] = packed[:, 0]
-            return pa.array(values[spread], dtype, mask=~present[spread])
+        values = self._decoded(dtype, found)
+        if isinstance(values, pa.Array):  # strings, or values parsed through the protos
+            return values.take(rows if present is None else pa.array(rows, mask=rows < 0))
+        if present is None:
+            return pa.array(values[spread])
+        return pa.array(values[np.maximum(rows, 0)], mask=rows < 0)
+
+    def _decoded(self, dtype: pa.DataType, found: list[bytes]) -> np.ndarray | pa.Array:
+        """The values of serialized Feast values (no empty ones) in `dtype`: numpy for numbers, else arrow."""
+        if dtype == pa.float32():
+            packed = _packed(found, FLOAT_HEADER, 1)
+            if packed is not None:
+                return packed[:, 0]
+        elif dtype == pa.string():
+            strings = _strings(found, WIRE_TAGS[dtype])
+            if strings is not None:
+                return strings
+        elif dtype in WIRE_TAGS:
+            values = _varints(found, WIRE_TAGS[dtype])
+            if values is not None:
+                return values.astype(dtype.to_pandas_dtype())
         parsed = [self._parse(b) for b in found]
         field = parsed[0].WhichOneof("val")  # one Feast type per feature: the same field in every value
-        it = iter(parsed)
-        return pa.array([getattr(next(it), field) if p else None for p in present], dtype).take(spread)
+        return pa.array([getattr(p, field) for p in parsed], dtype)
 
     def _vectors(self, name: str, found: list[bytes]) -> np.ndarray:
         """[len(found), D] float32 from serialized Feast float-list values; SchemaError if a length is not D."""
@@ -157,6 +203,48 @@ def _packed(blobs: list[bytes], header: bytes, count: int) -> np.ndarray | None:
     if not (rows[:, :len(header)] == np.frombuffer(header, np.uint8)).all():
         return None
     return np.ascontiguousarray(rows[:, len(header):]).view("<f4").astype(np.float32, copy=False)
+
+
+def _starts(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the blobs joined as uint8, each blob's offset in it, each blob's length)."""
+    lengths = np.fromiter(map(len, blobs), np.intp, len(blobs))
+    starts = np.zeros(len(blobs), np.intp)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return np.frombuffer(b"".join(blobs), np.uint8), starts, lengths
+
+
+def _varints(blobs: list[bytes], tag: int) -> np.ndarray | None:
+    """int64 [len(blobs)] from values that are each the byte `tag` + one varint (a Feast Value's int32_val or
+    int64_val: negative numbers take 10 bytes, two's complement over 64 bits, as protobuf writes them), all
+    decoded in numpy; None if any blob has another layout (the caller parses the protos)."""
+    data, starts, lengths = _starts(blobs)
+    if lengths.min() < 2 or lengths.max() > 11 or not (data[starts] == tag).all():
+        return None
+    width = int(lengths.max()) - 1
+    k = np.arange(width)
+    inside = k < (lengths - 1)[:, None]  # [n, width]: the varint's bytes; padding after the short ones
+    body = np.where(inside, data[np.minimum(starts[:, None] + 1 + k, len(data) - 1)], 0).astype(np.uint64)
+    if not ((body >= 0x80) == (k < (lengths - 2)[:, None])).all():  # the high bit: set on all but the last byte
+        return None
+    parts = (body & 0x7F) << (7 * k).astype(np.uint64)  # the 10th byte's bit 63 is the sign
+    return np.bitwise_or.reduce(parts, axis=1).view(np.int64)
+
+
+def _strings(blobs: list[bytes], tag: int) -> pa.Array | None:
+    """A string array from values that are each the byte `tag`, a one-byte length (< 128) and that many UTF-8
+    bytes (a Feast Value's string_val up to 127 bytes), the headers cut out in numpy; None for any other layout
+    (a longer string, another type). Invalid UTF-8 raises, as the proto parser does."""
+    data, starts, lengths = _starts(blobs)
+    if lengths.min() < 2 or lengths.max() > 129 or not (data[starts] == tag).all() \
+            or not (data[starts + 1] == lengths - 2).all():
+        return None
+    keep = np.ones(len(data), bool)
+    keep[starts] = keep[starts + 1] = False
+    offsets = np.zeros(len(blobs) + 1, np.int32)
+    np.cumsum(lengths - 2, out=offsets[1:])
+    out = pa.StringArray.from_buffers(len(blobs), pa.py_buffer(offsets), pa.py_buffer(data[keep].tobytes()))
+    out.validate(full=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,10 +322,12 @@ def _identity(path: Path) -> tuple[int, int]:
 
 class RedisValues(FeastValues):
     """Feast's Redis store: every feature of every view keyed by an entity sits in one hash per entity (Feast's
-    format), so one HMGET per distinct entity reads it all, and one server-side script (READ_SCRIPT) runs them
-    all in a single command: one round trip and one reply, which costs far less Python than a pipeline of
-    HMGETs. For a standalone Redis (or Sentinel's master); a Redis Cluster spreads keys over shards that one
-    script may not span, so store_values gives it Feast's online_read."""
+    format), so one HMGET per distinct entity reads it all. The HMGETs go out pipelined in one write of
+    ready-made protocol bytes (each entity's command head cached, the field list shared per join key) and their
+    replies are read off the same connection: one round trip, no per-command Python of redis-py's Pipeline, and
+    ~2.5x less server time than running the same HMGETs in a Lua script (whose replies Redis converts to Lua
+    and back). For a standalone Redis (or Sentinel's master); a Redis Cluster spreads keys over shards that one
+    connection does not reach, so store_values gives it Feast's online_read."""
 
     def __init__(self, store, views: dict[str, str]):
         super().__init__(store, views)
@@ -250,17 +340,24 @@ class RedisValues(FeastValues):
             name = compute_versioned_name(fv, versioned)
             fields.extend(_mmh3(f"{name}:{f}") for f in features)
             names.extend(features)
-        client = self._provider.online_store._get_client(self.config.online_store)
-        self._script = client.register_script(READ_SCRIPT)  # EVALSHA, loading the script where it is missing
-        self._entity_key = _entity_key_bytes(self.config.entity_key_serialization_version,
-                                             self.config.project.encode())
+        self._tails = {key: b"".join(map(_bulk, fields)) for key, (fields, _) in self._fields.items()}
+        self._pool = self._provider.online_store._get_client(self.config.online_store).connection_pool
+        entity_key = _entity_key_bytes(self.config.entity_key_serialization_version, self.config.project.encode())
+        counts = {key: len(fields) for key, (fields, _) in self._fields.items()}
+
+        @lru_cache(maxsize=1 << 18)
+        def head(join_key: str, i: int) -> bytes:
+            """`HMGET <entity key>` in the Redis protocol, before the fields: an array of 2 + fields strings."""
+            return b"*%d\r\n$5\r\nHMGET\r\n" % (2 + counts[join_key]) + _bulk(entity_key(join_key, i))
+
+        self._head = head
 
     def read(self, ids: dict[str, list[int]]) -> dict[str, list]:
-        keys, args = [], []
-        for key, (fields, _) in self._fields.items():
-            keys.extend(self._entity_key(key, i) for i in ids[key])
-            args.extend([len(ids[key]), len(fields), *fields])
-        replies = self._script(keys=keys, args=args) if keys else []
+        parts = []
+        for key, tail in self._tails.items():
+            for i in ids[key]:
+                parts += (self._head(key, i), tail)
+        replies = self._pipelined(b"".join(parts), len(parts) // 2) if parts else []
         out, start = {}, 0
         for key, (_, names) in self._fields.items():
             group = replies[start:start + len(ids[key])]
@@ -269,22 +366,22 @@ class RedisValues(FeastValues):
             out.update((f, list(values)) for f, values in zip(names, columns))
         return out
 
+    def _pipelined(self, commands: bytes, count: int) -> list:
+        """Send `count` commands written out in `commands` at once, then read their `count` replies."""
+        conn = self._pool.get_connection()
+        try:
+            conn.send_packed_command([commands])
+            return [conn.read_response() for _ in range(count)]
+        except BaseException:
+            conn.disconnect()  # replies left unread must never reach the connection's next user
+            raise
+        finally:
+            self._pool.release(conn)
 
-# HMGET of groups of keys, each group with its own fields: ARGV = (number of keys, number of fields, fields...)
-# per group, KEYS = all keys in group order. Returns one HMGET reply per key (absent values as nil).
-READ_SCRIPT = """
-local out, k, a = {}, 1, 1
-while a <= #ARGV do
-  local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local fields = {unpack(ARGV, a + 2, a + 1 + nfields)}
-  for _ = 1, nkeys do
-    out[k] = redis.call('HMGET', KEYS[k], unpack(fields))
-    k = k + 1
-  end
-  a = a + 2 + nfields
-end
-return out
-"""
+
+def _bulk(value: bytes) -> bytes:
+    """A Redis protocol bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 READERS = {"sqlite": SqliteValues, "redis": RedisValues}

@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
 from feature_store.features import ONLINE_COLUMNS
-from feature_store.online import FLOAT_HEADER, OnlineFeatures, _float_list_values, _packed
+from feature_store.online import FLOAT_HEADER, OnlineFeatures, _float_list_values, _packed, _strings, _varints
 from feature_store.schema import SchemaError
 from feature_store.store import FeatureRepo
 from tests.feature_store.store_world import DIM, VERSION, plain_context, request_context, run
@@ -92,3 +93,43 @@ def test_wire_bytes_are_read_bit_for_bit_or_refused():
     # any other layout is left to the proto parser: another type, another vector length
     assert _packed(scalars[:1] + [Value(string_val="abc").SerializeToString()], FLOAT_HEADER, 1) is None
     assert _packed(vectors, header, 4) is None
+
+
+def test_varints_and_strings_are_read_as_the_protos_read_them_or_refused():
+    ints = [0, 1, 127, 128, 300, 2**31 - 1, -1, -2**31, 2**62, -2**63, 2**63 - 1, 1_700_000_000_000_000]
+    int32s = [v for v in ints if -2**31 <= v < 2**31]
+    for field, tag, values in (("int64_val", 0x20, ints), ("int32_val", 0x18, int32s)):
+        blobs = [Value(**{field: v}).SerializeToString() for v in values]
+        got = _varints(blobs, tag)
+        assert got.dtype == np.int64 and got.tolist() == values, field
+    words = ["", "a", "produce", "Nature's Goods", "é" * 63, "x" * 127]
+    blobs = [Value(string_val=w).SerializeToString() for w in words]
+    got = _strings(blobs, 0x12)
+    assert got.type == pa.string() and got.to_pylist() == words
+    # any other layout is left to the proto parser: another field, a longer string, a second field
+    assert _varints([Value(int32_val=5).SerializeToString()], 0x20) is None
+    assert _varints([Value(float_val=5.0).SerializeToString()], 0x20) is None
+    assert _varints([Value(int64_val=5).SerializeToString() + b"\x20\x01"], 0x20) is None
+    assert _strings([Value(string_val="x" * 128).SerializeToString()], 0x12) is None
+    assert _strings([Value(string_val="ab").SerializeToString() + b"\x12\x00"], 0x12) is None
+    with pytest.raises(pa.ArrowInvalid):
+        _strings([b"\x12\x02\xff\xfe"], 0x12)  # not UTF-8
+
+
+def test_store_columns_spread_values_and_nulls_over_the_candidates(built):
+    """Decoded in one pass over the distinct entities (None or b"": no value), each candidate gets its entity's
+    value or a null; equal to the protos' values for every feature type."""
+    online = OnlineFeatures(built, VERSION)
+    spread = np.array([2, 0, 2, 1, 3])
+    cases = {"store_id": [Value(int64_val=v).SerializeToString() for v in (7, 10**15)] + [None, b""],
+             "rating_count": [Value(int32_val=v).SerializeToString() for v in (3, -4)] + [None, b""],
+             "brand": [Value(string_val=v).SerializeToString() for v in ("b", "")] + [None, b""],
+             "price": [Value(float_val=v).SerializeToString() for v in (0.1, -2.5)] + [None, b""]}
+    for name, blobs in cases.items():
+        values = [online._parse(b) for b in blobs[:2]]
+        field = values[0].WhichOneof("val")
+        want = [getattr(values[i], field) if i < 2 else None for i in spread]
+        got = online._store_column(name, blobs, spread)
+        assert got.type == online._types[name] and got.to_pylist() == want, name
+        full = online._store_column(name, blobs[:2], np.array([1, 0, 1]))
+        assert full.null_count == 0 and full.to_pylist() == [want[3], want[1], want[3]], name

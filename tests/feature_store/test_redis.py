@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 import yaml
 
 from core.config import ConfigError
 from feature_store.config import FeatureStoreConfig
 from feature_store.features import ENTITY_KEYS, ONLINE_COLUMNS
-from feature_store.online import FeastValues, OnlineFeatures, RedisValues, SqliteValues
+from feature_store.online import FeastValues, OnlineFeatures, RedisValues, SqliteValues, _entity_key_bytes
 from tests.feature_store.store_world import VERSION, make_world, request_context, run
 
 
@@ -59,6 +60,21 @@ def test_redis_and_sqlite_serve_the_training_features(redis_server, built, ts_fr
                {f: [v or None for v in vs] for f, vs in reference.items()}, name
         assert all(values[0] for values in direct.values()), name  # known entities: every feature present
         assert not any(values[-1] for values in direct.values()), name  # the unknown id reads as absent
+
+    # The pipelined HMGETs share pooled connections: a read that fails midway (a key of another type answers
+    # WRONGTYPE) drops its connection, so the replies it left unread never reach the next read.
+    reader = stores["redis"].values
+    client = redis.Redis(connection_pool=reader._pool)
+    config = stores["redis"].store.config
+    stray = _entity_key_bytes(config.entity_key_serialization_version, config.project.encode())("product_id", 7 * 10**9)
+    before = reader.read(ids)
+    client.set(stray, b"not a hash")
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            reader.read({**ids, "product_id": [*ids["product_id"][:1], 7 * 10**9, *ids["product_id"][1:]]})
+        assert reader.read(ids) == before
+    finally:
+        client.delete(stray)
 
 
 def test_online_store_config_errors_name_the_key(built, tmp_path):
