@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.portability import prism_runner
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from ranking.serving import batch_score
@@ -178,6 +179,16 @@ def test_progress_bar_counts_every_scored_row(trained, test_table, tmp_path, cap
     assert count_rows(scored, "no such pipeline") is scored
 
 
+def test_packed_slices_are_the_string_tensor_protobuf_writes():
+    """pack_examples joins the serialized TensorProto itself: byte for byte what protobuf serializes for the
+    same string tensor, for lengths whose varints take 1, 2 and 3 bytes and for an empty slice."""
+    for examples in ([], [b""], [b"a", b"\x00" * 127, b"b" * 128, b"\xff" * 16384, b"c" * 300_000]):
+        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(examples))])
+        want = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=examples)
+        assert pack_examples(examples) == want.SerializeToString()
+        assert unpack_examples(pack_examples(examples)) == examples
+
+
 def test_packed_slices_score_like_unpacked_examples(trained, test_table, inputs, direct):
     """pack_examples -> unpack_examples gives back the examples byte for byte (the string tensor [n] TF Serving
     would be sent). SliceSession scores k packed slices of different sizes in one call, each slice's values in
@@ -254,4 +265,14 @@ def test_nan_dense_values_score_only_with_a_model_that_imputes_them(trained, tes
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: --nan=impute: .* does not impute NaN inputs .*arbitrary score\n", err)
+    assert not out.exists()
+
+
+def test_a_remote_model_folder_is_refused_in_one_line(tmp_path, capsys):
+    """The contract's readers take gs:// URIs, the pipeline's file steps not yet: a clear error, exit 2."""
+    out = tmp_path / "scores.parquet"
+    assert main(["--model", "gs://bucket/exports/m/1", "--input", str(tmp_path), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model gs://bucket/exports/m/1: batch scoring reads the model folder through "
+                          "local paths") and err.count("\n") == 1, err
     assert not out.exists()
