@@ -5,7 +5,10 @@
     scores = load_serving_fn(path)(**features)["probability"]
 
 Layout of `<export_dir>/<model_name>/<version>/` (versions are integers that only grow; each is written to a
-temporary folder and renamed, never overwritten):
+temporary folder and renamed, never overwritten). export_dir and the folders the readers take may be local paths
+or URIs (gs://, s3://, hdfs://: a Dataflow job's model in a bucket), which go through tf.io.gfile; a local path
+goes through os as before. On an object store a version is published file by file, saved_model.pb last
+(_publish_remote), as no folder rename is atomic there:
 
     saved_model.pb, variables/          two signatures, both returning probability [B] and logit [B] (float32):
         serving_default    every raw input by name: int64 / string ids [B], float32 dense [B],
@@ -46,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -110,14 +114,51 @@ def _checked_shapes(inputs: dict, signature: dict) -> dict:
     return out
 
 
-def resolve_version_dir(path: str | Path) -> Path:
+# ---------------------------------------------------------------------------------------------- where exports live
+# A local path is a Path and goes through os / shutil, as it always did (the version rename is atomic). A URI
+# (gs://, s3://, hdfs://: Dataflow's workers read models from a bucket; ram:// in tests) stays a string and goes
+# through tf.io.gfile. Object stores cannot rename a folder atomically: see _publish_remote.
+
+
+def is_uri(path: str | Path) -> bool:
+    """Whether `path` names a file system by scheme (gs://...), which only tf.io.gfile reaches."""
+    return "://" in str(path)
+
+
+def location(path: str | Path) -> Path | str:
+    """A local path as a Path, a URI as its string (Path would turn gs://b into gs:/b)."""
+    return str(path) if is_uri(path) else Path(path)
+
+
+def _join(base: Path | str, *parts: str) -> Path | str:
+    return base.joinpath(*parts) if isinstance(base, Path) else "/".join([base.rstrip("/"), *parts])
+
+
+def _is_file(path: Path | str) -> bool:
+    return path.is_file() if isinstance(path, Path) else tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def _is_dir(path: Path | str) -> bool:
+    return path.is_dir() if isinstance(path, Path) else tf.io.gfile.isdir(path)
+
+
+def _subfolders(path: Path | str) -> list[str]:
+    """Names of the folders directly under `path`."""
+    if isinstance(path, Path):
+        return [p.name for p in path.iterdir() if p.is_dir()]
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(path))  # object stores end folder names with /
+    return [name for name in names if tf.io.gfile.isdir(_join(path, name))]
+
+
+def resolve_version_dir(path: str | Path) -> Path | str:
     """A version folder as given, or for a model folder `<export_dir>/<model>/` its highest version (what
-    TensorFlow Serving serves by default). Unchanged when neither applies: the caller reports what is missing."""
-    path = Path(path)
-    if (path / "saved_model.pb").is_file() or not path.is_dir():
+    TensorFlow Serving serves by default). Unchanged when neither applies: the caller reports what is missing.
+    A Path for a local path, the URI string for a remote one (gs://...)."""
+    path = location(path)
+    if _is_file(_join(path, "saved_model.pb")) or not _is_dir(path):
         return path
-    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    return max(versions, key=lambda p: int(p.name)) if versions else path
+    versions = [name for name in _subfolders(path) if name.isdigit() and _is_file(_join(path, name, "saved_model.pb"))]
+    return _join(path, max(versions, key=int)) if versions else path
 
 
 class ExportError(ValueError):
@@ -125,18 +166,19 @@ class ExportError(ValueError):
 
 
 def read_model_info(model_dir: str | Path) -> dict:
-    """assets.extra/model_info.json of an exported version folder; ExportError naming what is missing."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
+    """assets.extra/model_info.json of an exported version folder (local or a URI); ExportError naming what is
+    missing."""
+    model_dir = location(model_dir)
+    if not _is_dir(model_dir):
         raise ExportError(f"model folder {model_dir} does not exist (expected <export_dir>/<model>/<version>/)")
-    if not (model_dir / "saved_model.pb").is_file():
+    if not _is_file(_join(model_dir, "saved_model.pb")):
         raise ExportError(f"{model_dir} is not a SavedModel: no saved_model.pb (pass a version folder, "
                           "e.g. exports/dashclip_two_tower/1)")
-    path = model_dir / "assets.extra" / "model_info.json"
-    if not path.is_file():
+    path = _join(model_dir, "assets.extra", "model_info.json")
+    if not _is_file(path):
         raise ExportError(f"{path} does not exist: the model's inputs are unknown (export it with "
                           "python -m ranking.serving.export)")
-    info = read_json_object(path, ExportError)
+    info = read_json_object(path, ExportError) if isinstance(path, Path) else _read_remote_json(path)
     inputs = info.get("inputs")
     if not isinstance(inputs, dict) or not inputs or not all(
             isinstance(v, dict) and isinstance(v.get("dtype"), str) and isinstance(v.get("shape"), list)
@@ -145,33 +187,42 @@ def read_model_info(model_dir: str | Path) -> dict:
     return info
 
 
-def next_version(root: Path) -> int:
+def _read_remote_json(path: str) -> dict:
+    """read_json_object through tf.io.gfile: the JSON object at a URI; ExportError naming it otherwise."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (tf.errors.OpError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(value, dict):
+        raise ExportError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def next_version(root: Path | str) -> int:
     """1 + the highest integer version folder under root (1 for none)."""
-    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    versions = [int(name) for name in _subfolders(root) if name.isdigit()] if _is_dir(root) else []
     return max(versions, default=0) + 1
 
 
 def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extra_assets: dict | None = None,
-                 warmup: Mapping[str, np.ndarray] | None = None, progress: bool = False) -> Path:
-    """Write `<export_dir>/<model_name>/<version>/` and return it.
+                 warmup: Mapping[str, np.ndarray] | None = None, progress: bool = False) -> Path | str:
+    """Write `<export_dir>/<model_name>/<version>/` and return it (a Path, or the URI for a remote export_dir).
 
     The model is copied into a fresh instance first, so the SavedModel holds the weights only (no optimizer
     slots). `warmup`: columns of real rows (e.g. the test split's); the first WARMUP_ROWS become the warm-up
     requests. extra_assets go into model_info.json (the MLflow run, the embedding version, ...). progress: a bar
     over the export's steps on stderr.
     """
-    root = Path(export_dir) / model_name
-    root.mkdir(parents=True, exist_ok=True)
-    remove_dead_staging(root)
-    version = next_version(root)
-    tmp = root / f".tmp-{version}-{os.getpid()}"  # not a number: TensorFlow Serving ignores it
-    shutil.rmtree(tmp, ignore_errors=True)
+    root = _join(location(export_dir), model_name)
+    version, tmp = _staging(root)
     with tqdm(total=4, desc=f"export {model_name}", unit="step", postfix="copying the weights",
               disable=not progress) as bar:
         clean = build_model(model.kind, model.spec, model.prep, model.net)
-        tf.train.Checkpoint(model=model).write(str(tmp / "weights" / "ckpt"))  # matched by object path, not order
-        tf.train.Checkpoint(model=clean).read(str(tmp / "weights" / "ckpt")).expect_partial()
-        shutil.rmtree(tmp)
+        scratch = tmp if isinstance(tmp, Path) else Path(tempfile.mkdtemp(prefix="export-weights-"))
+        tf.train.Checkpoint(model=model).write(str(scratch / "weights" / "ckpt"))  # matched by object path
+        tf.train.Checkpoint(model=clean).read(str(scratch / "weights" / "ckpt")).expect_partial()
+        shutil.rmtree(scratch)
         _check_same_weights(model, clean)
         _next_step(bar, "tracing the signatures")
         module = ServingModule(clean)
@@ -183,8 +234,8 @@ def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extr
         finally:
             logger.setLevel(level)
         _next_step(bar, "warm-up requests")
-        extra = tmp / "assets.extra"
-        extra.mkdir(exist_ok=True)
+        extra = _join(tmp, "assets.extra")
+        _makedirs(extra)
         inputs = signature_description(model.spec)
         info = {"model": model.kind, "model_name": model_name, "feature_spec": model.spec.to_dict(),
                 "inputs": inputs,
@@ -192,11 +243,11 @@ def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extr
                                "serve_tf_example": {"inputs": {EXAMPLES_INPUT: {"dtype": "string", "shape": [-1]}},
                                                     "outputs": OUTPUTS}}}
         if warmup is not None:
-            info["warmup_rows"] = write_warmup(extra / WARMUP_FILE, model_name, warmup, inputs)
+            info["warmup_rows"] = write_warmup(_join(extra, WARMUP_FILE), model_name, warmup, inputs)
         _next_step(bar, "model_info.json")
         info.update(extra_assets or {})
-        (extra / "model_info.json").write_text(json.dumps(info, indent=1, default=str))
-        final = _publish(tmp, root, version)
+        _write_text(_join(extra, "model_info.json"), json.dumps(info, indent=1, default=str))
+        final = _publish(tmp, root, version) if isinstance(tmp, Path) else _publish_remote(tmp, root, version)
         _next_step(bar, str(final))
     return final
 
@@ -204,6 +255,35 @@ def export_model(model: PCTRModel, export_dir: str | Path, model_name: str, extr
 def _next_step(bar: tqdm, step: str) -> None:
     bar.update()
     bar.set_postfix_str(step)
+
+
+def _staging(root: Path | str) -> tuple[int, Path | str]:
+    """(the next version, a fresh staging folder under root for it), root created where missing."""
+    _makedirs(root)
+    if isinstance(root, Path):
+        remove_dead_staging(root)  # remote: the pid in a staging name may be another machine's, left alone
+    version = next_version(root)
+    tmp = _join(root, f".tmp-{version}-{os.getpid()}")  # not a number: TensorFlow Serving ignores it
+    if isinstance(tmp, Path):
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    return version, tmp
+
+
+def _makedirs(path: Path | str) -> None:
+    if isinstance(path, Path):
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        tf.io.gfile.makedirs(path)
+
+
+def _write_text(path: Path | str, text: str) -> None:
+    if isinstance(path, Path):
+        path.write_text(text)
+    else:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
 
 
 def remove_dead_staging(root: Path) -> None:
@@ -244,6 +324,30 @@ def _publish(tmp: Path, root: Path, version: int) -> Path:
             continue
         fault_point("after-rename", final)
         return final
+
+
+def _publish_remote(tmp: str, root: str, version: int) -> str:
+    """_publish for a URI. Object stores rename a folder object by object (a copy each), never at once, so the
+    files move one by one into the first version folder that does not exist yet, the top saved_model.pb last:
+    a reader that takes a version only once its saved_model.pb is there (resolve_version_dir, TensorFlow
+    Serving) never sees a partial one. Two writers that pick the same version at the same moment are not
+    excluded as os.rename excludes them locally (a rename never overwrites: the slower one fails)."""
+    while tf.io.gfile.exists(_join(root, str(version))):
+        version += 1
+    final = _join(root, str(version))
+    files = [_join(folder, name)[len(tmp):] for folder, _, names in tf.io.gfile.walk(tmp) for name in names]
+    files = [f for f in files if _is_file(tmp + f)]  # a prefix listing may make names up (ram://: assets/.extra)
+    files.sort(key=lambda f: f == "/saved_model.pb")  # stable: the rest in walk order, then saved_model.pb
+    fault_point("before-rename", final)
+    for f in files:
+        tf.io.gfile.makedirs(final + f.rsplit("/", 1)[0])
+        tf.io.gfile.rename(tmp + f, final + f, overwrite=False)
+    fault_point("after-rename", final)
+    try:  # what is left are folder markers: the version is out, so a store that keeps them fails nothing
+        tf.io.gfile.rmtree(tmp)
+    except tf.errors.OpError:
+        pass
+    return final
 
 
 def _check_same_weights(a: PCTRModel, b: PCTRModel) -> None:
@@ -300,8 +404,8 @@ def write_warmup(path: Path, model_name: str, columns: Mapping[str, np.ndarray],
 
 def read_warmup(version_dir: str | Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """The warm-up requests of an export as [(signature name, {input: numpy array})], in file order."""
-    path = Path(version_dir) / "assets.extra" / WARMUP_FILE
-    if not path.exists():
+    path = _join(location(version_dir), "assets.extra", WARMUP_FILE)
+    if not (path.exists() if isinstance(path, Path) else tf.io.gfile.exists(path)):
         raise FileNotFoundError(f"{path} does not exist: the export has no warm-up requests")
     out = []
     for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
@@ -319,8 +423,8 @@ def load_serving_fn(path: str | Path, signature: str = "serving_default"):
     """One signature function of a SavedModel (serving_default: call it with keyword tensors). ExportError naming
     the folder for one that does not load or lacks the signature, and, where assets.extra/model_info.json says
     what serving_default takes, for a signature whose inputs differ from it (every reader trusts model_info)."""
-    path = Path(path)
-    if not (path / "saved_model.pb").is_file():
+    path = location(path)
+    if not _is_file(_join(path, "saved_model.pb")):
         raise ExportError(f"{path} is not a SavedModel: no saved_model.pb (pass a version folder, "
                           "e.g. exports/dashclip_two_tower/1)")
     try:
@@ -332,7 +436,7 @@ def load_serving_fn(path: str | Path, signature: str = "serving_default"):
         raise ExportError(f"{path} has no '{signature}' signature (it has: "
                           f"{', '.join(loaded.signatures) or 'none'})")
     fn = loaded.signatures[signature]
-    if signature == "serving_default" and (path / "assets.extra" / "model_info.json").is_file():
+    if signature == "serving_default" and _is_file(_join(path, "assets.extra", "model_info.json")):
         check_signature(fn, read_model_info(path)["inputs"], path)
     return fn
 

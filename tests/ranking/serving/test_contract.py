@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 from ranking.fit import compile_model, predict
 from ranking.models import build_model
 from ranking.pipeline import make_dataset
-from ranking.serving.contract import (WARMUP_ROWS, check_request, examples_predict, export_model, load_serving_fn,
-                                      read_warmup, resolve_version_dir, serving_predict)
+from ranking.serving import contract
+from ranking.serving.contract import (WARMUP_ROWS, ExportError, check_request, examples_predict, export_model,
+                                      load_serving_fn, read_model_info, read_warmup, resolve_version_dir,
+                                      serving_predict)
 from ranking.serving.tf_example import encode_examples
 from ranking.tf_legacy_keras import tf
 from tests.conftest import ROOT
@@ -148,3 +151,49 @@ def test_bad_requests_are_named(info, saved, data):
     assert out["probability"].shape == (0,) and out["logit"].shape == (0,)
     out = saved.signatures["serve_tf_example"](examples=tf.constant([], tf.string))
     assert out["probability"].shape == (0,)
+
+
+def test_export_and_readers_through_a_uri_file_system(keras, saved, info, data):
+    """A gs:// export_dir (Dataflow) is reached through tf.io.gfile: TensorFlow's in-memory ram:// file system
+    proves that route here. A model folder means its highest version, model_info.json and the warm-up requests
+    read back, and the exported graph scores as the local export of the same weights."""
+    root = f"ram://exports-{uuid.uuid4().hex}"
+    first = export_model(keras, root, MODEL, warmup=data["test"].columns)
+    assert first == f"{root}/{MODEL}/1" and isinstance(first, str)
+    assert resolve_version_dir(f"{root}/{MODEL}") == first  # (a taken version is skipped: the test below)
+    assert resolve_version_dir(first) == first
+    assert contract.next_version(f"{root}/{MODEL}") == 2
+    assert read_model_info(first)["inputs"] == info["inputs"]
+    requests = read_warmup(first)
+    assert [name for name, _ in requests] == ["serving_default", "serve_tf_example"]
+    test = data["test"].columns
+    assert np.array_equal(requests[0][1]["product_id"], test["product_id"][:WARMUP_ROWS])
+    remote = serving_predict(load_serving_fn(first), test, data.spec, batch_size=1024)
+    local = serving_predict(saved.signatures["serving_default"], test, data.spec, batch_size=1024)
+    assert np.array_equal(remote, local)
+    with pytest.raises(ExportError, match=f"{root}/{MODEL}/3 does not exist"):
+        read_model_info(f"{root}/{MODEL}/3")
+
+
+def test_remote_publish_moves_saved_model_pb_last(monkeypatch):
+    """On an object store a version appears file by file; saved_model.pb, which readers wait for, comes last,
+    and a version that exists already is skipped, never written into."""
+    root = f"ram://publish-{uuid.uuid4().hex}"
+    tmp = f"{root}/.tmp-1-7"
+    for f in ("saved_model.pb", "variables/variables.index", "assets.extra/model_info.json", "fingerprint.pb"):
+        tf.io.gfile.makedirs(f"{tmp}/{f}".rsplit("/", 1)[0])
+        with tf.io.gfile.GFile(f"{tmp}/{f}", "w") as out:
+            out.write(f)
+    tf.io.gfile.makedirs(f"{root}/1")  # another writer's version 1
+    with tf.io.gfile.GFile(f"{root}/1/saved_model.pb", "w") as out:
+        out.write("theirs")
+    moved = []
+    rename = tf.io.gfile.rename
+    monkeypatch.setattr(tf.io.gfile, "rename", lambda a, b, overwrite: (moved.append(b), rename(a, b, overwrite)))
+    assert contract._publish_remote(tmp, root, 1) == f"{root}/2"
+    assert moved[-1] == f"{root}/2/saved_model.pb" and len(moved) == 4
+    for f in ("saved_model.pb", "variables/variables.index", "assets.extra/model_info.json", "fingerprint.pb"):
+        with tf.io.gfile.GFile(f"{root}/2/{f}") as got:
+            assert got.read() == f
+    with tf.io.gfile.GFile(f"{root}/1/saved_model.pb") as got:
+        assert got.read() == "theirs"
