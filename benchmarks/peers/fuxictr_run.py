@@ -2,6 +2,7 @@
 one JSON line.
 
     .bench-venvs/fuxictr/bin/python benchmarks/peers/fuxictr_run.py <training-set folder> <seed>
+    .bench-venvs/fuxictr/bin/python benchmarks/peers/fuxictr_run.py <folder> <seed> --throughput EPOCHS [--threads 2]
 
 Every library gets the same inputs (common.read_fold: our integer-encoded id columns and standardised dense
 columns), so FuxiCTR's FeatureProcessor is not run; its FeatureMap is filled from those columns the way the
@@ -9,10 +10,16 @@ processor would fill it (categorical with vocab_size and padding index 0, numeri
 tensors its BaseModel.fit / predict read (BaseModel.get_inputs, get_labels). Training is FuxiCTR's own: its fit loop
 (Adam, gradient clipping at 10, validation AUC each epoch, early stopping with patience 1 and reload of the best
 weights), its embedding and dense initialisers.
+
+--throughput: the DCN alone at batch 4096 on the train split, torch.set_num_threads(threads), no validation: its
+BaseModel.train_step (forward, loss with its regularisers, backward, gradient clipping, Adam) over every batch of
+each epoch, i.e. its fit loop without the evaluation; prints the examples/s (the clock runs around those epochs
+only: the model is built and the batches' tensors made before it starts).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -66,7 +73,12 @@ class Batches:
             yield {c: t[rows] for c, t in self.columns.items()}
 
 
-def main(folder: str, seed: int) -> None:
+def dcn_params() -> dict:
+    return dict(embedding_dim=EMBEDDING_DIM, dnn_hidden_units=[256, 128], num_cross_layers=3, net_dropout=0,
+                batch_norm=False)
+
+
+def accuracy(folder: str, seed: int) -> dict:
     from fuxictr.pytorch.torch_utils import seed_everything
     from fuxictr_zoo import DCN, DNN, LR
 
@@ -75,8 +87,7 @@ def main(folder: str, seed: int) -> None:
     common = dict(gpu=-1, learning_rate=1e-3, optimizer="adam", loss="binary_crossentropy",
                   metrics=["logloss", "AUC"], task="binary_classification", monitor="AUC", monitor_mode="max",
                   early_stop_patience=1, verbose=0, seed=seed)
-    models = {"dcn": (DCN, dict(embedding_dim=EMBEDDING_DIM, dnn_hidden_units=[256, 128], num_cross_layers=3,
-                                net_dropout=0, batch_norm=False)),
+    models = {"dcn": (DCN, dcn_params()),
               "dnn": (DNN, dict(embedding_dim=EMBEDDING_DIM, hidden_units=[256, 128], net_dropout=0,
                                 batch_norm=False)),
               "lr": (LR, {})}
@@ -92,8 +103,40 @@ def main(folder: str, seed: int) -> None:
             p = model.predict(Batches(test, sparse, dense, 4096, False, seed))
             out[name] = metrics(test["click"].values, p)
             out[name]["fit_seconds"] = time.perf_counter() - started
-    print(json.dumps(out))
+    return out
+
+
+def throughput(folder: str, seed: int, epochs: int, threads: int) -> dict:
+    import torch
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from fuxictr_zoo import DCN
+
+    torch.set_num_threads(threads)
+    train, _, _, sparse, dense, vocab = read_fold(folder)
+    fmap = feature_map(sparse, dense, vocab)
+    seed_everything(seed)
+    with tempfile.TemporaryDirectory() as root:
+        model = DCN(fmap, model_id="throughput", model_root=root, gpu=-1, learning_rate=1e-3, optimizer="adam",
+                    loss="binary_crossentropy", metrics=["logloss", "AUC"], task="binary_classification", verbose=0,
+                    seed=seed, **dcn_params())
+    batches = Batches(train, sparse, dense, 4096, True, seed)
+    model._max_gradient_norm = 10.0  # what its fit sets before the first train_step
+    model.train()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches:
+            model.train_step(batch)
+    seconds = time.perf_counter() - started
+    return {"examples": epochs * len(train), "seconds": seconds, "examples_per_s": epochs * len(train) / seconds,
+            "vocabulary": int(sum(vocab.values()))}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("--throughput", type=int, default=0, metavar="EPOCHS")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(throughput(args.folder, args.seed, args.throughput, args.threads) if args.throughput else
+                     accuracy(args.folder, args.seed)))
