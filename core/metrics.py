@@ -12,7 +12,7 @@ scores, every positive in it beats the negatives below the block and half-beats 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "calibration_curve",
     "bootstrap_ci",
     "auc_difference_ci",
+    "auc_difference_cis",
 ]
 
 
@@ -362,25 +363,41 @@ def auc_difference_ci(
     equals the AUC of the repeated rows, so each model's scores are sorted once: O(n) per resample.
     Resamples with one class are dropped; if more than half are, raises ValueError.
     """
-    y, p_model = _labels_and_scores(y, p_model)
-    _, p_baseline = _labels_and_scores(y, p_baseline)
-    n = y.shape[0]
+    return auc_difference_cis(y, {"model": p_model}, p_baseline, n_boot, alpha, seed, groups)["model"]
+
+
+def auc_difference_cis(
+    y,
+    p_models: Mapping[str, Any],
+    p_baseline,
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups=None,
+) -> dict[str, tuple[float, float, float]]:
+    """`auc_difference_ci` of several models against one baseline on the same resamples: {name: (difference, low,
+    high)}, each equal to what auc_difference_ci(y, p_models[name], p_baseline, ...) returns alone. The baseline's
+    AUC on each resample is computed once for all models."""
+    y, p_baseline = _labels_and_scores(y, p_baseline)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    sorted_views = []
-    for p in (p_model, p_baseline):
+    views = {}  # name -> (order, labels in that order, tie-block starts)
+    for name, p in {**p_models, None: p_baseline}.items():
+        _, p = _labels_and_scores(y, p)
         order, starts = _tie_blocks(p)
-        sorted_views.append((order, y[order], starts))
+        views[name] = (order, y[order], starts)
 
-    def difference(w: np.ndarray) -> float:
-        a, b = (_auc_from_blocks(ys, w[order], starts) for order, ys, starts in sorted_views)
-        return a - b
+    def aucs(w: np.ndarray) -> dict:
+        return {name: _auc_from_blocks(ys, w[order], starts) for name, (order, ys, starts) in views.items()}
 
-    estimate = difference(np.ones(n))
-    values = []
-    for times_drawn in _bootstrap_counts(n, groups, n_boot, seed):
+    full = aucs(np.ones(y.shape[0]))
+    values: dict[str, list[float]] = {name: [] for name in p_models}
+    for times_drawn in _bootstrap_counts(y.shape[0], groups, n_boot, seed):
         try:
-            values.append(difference(times_drawn.astype(np.float64)))
-        except ValueError:
+            resampled = aucs(times_drawn.astype(np.float64))
+        except ValueError:  # a resample with one class: dropped for every model
             continue
-    return (estimate, *_percentile_interval(values, n_boot, alpha, "had both classes"))
+        for name in p_models:
+            values[name].append(resampled[name] - resampled[None])
+    return {name: (full[name] - full[None], *_percentile_interval(values[name], n_boot, alpha, "had both classes"))
+            for name in p_models}

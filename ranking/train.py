@@ -393,9 +393,9 @@ def _cross_metrics(results: dict[str, ModelResult], shared: SharedInputs) -> dic
                 out[name][f"{split}/rela_impr_vs_{base}"] = metrics.rela_impr(r.metrics[f"{split}/auc"], base_auc)
     if cfg.baseline not in results:
         return out
-    for name, r in results.items():
-        if name != cfg.baseline:
-            out[name].update(_gains(r, results[cfg.baseline], shared))
+    for name, gains in _gains({n: r for n, r in results.items() if n != cfg.baseline}, results[cfg.baseline],
+                              shared).items():
+        out[name].update(gains)
     if shared.oracle is not None:
         y = shared.data["test"].labels
         oracle = {"": metrics.auc(y, shared.oracle)}
@@ -412,26 +412,29 @@ def _cross_metrics(results: dict[str, ModelResult], shared: SharedInputs) -> dic
     return out
 
 
-def _gains(model: ModelResult, base: ModelResult, shared: SharedInputs) -> dict[str, float]:
-    """test/auc_gain_vs_<base>[/<slice>]: the mean over paired seeds (seed k against the baseline's seed k, or
-    its only run) with `_std`, and a paired bootstrap interval over test requests on seed 0's scores."""
+def _gains(models: dict[str, ModelResult], base: ModelResult, shared: SharedInputs) -> dict[str, dict[str, float]]:
+    """test/auc_gain_vs_<base>[/<slice>] of each model: the mean over paired seeds (seed k against the baseline's
+    seed k, or its only run) with `_std`, and a paired bootstrap interval over test requests on seed 0's scores
+    (every model on the same resamples, the baseline's AUC computed once per resample)."""
     cfg, test = shared.cfg, shared.data["test"]
-    out = {}
+    out: dict[str, dict[str, float]] = {name: {} for name in models}
     for slice_name in ("",) + expand_slices(cfg.gain_slices, cfg.slices):
         suffix = f"/{slice_name}" if slice_name else ""
         key, gain_key = f"test/auc{suffix}", f"test/auc_gain_vs_{base.name}{suffix}"
-        if not all(key in s for s in model.per_seed + base.per_seed):
-            continue  # the slice is absent or too small
-        gains = [m[key] - base.per_seed[min(k, len(base.per_seed) - 1)][key] for k, m in enumerate(model.per_seed)]
-        out[gain_key] = float(np.mean(gains))
-        if len(gains) > 1:
-            out[f"{gain_key}_std"] = float(np.std(gains, ddof=1))
-        if cfg.bootstrap_samples:
+        present = {name: m for name, m in models.items() if all(key in s for s in m.per_seed + base.per_seed)}
+        for name, model in present.items():  # a slice absent or too small is skipped
+            gains = [m[key] - base.per_seed[min(k, len(base.per_seed) - 1)][key] for k, m in enumerate(model.per_seed)]
+            out[name][gain_key] = float(np.mean(gains))
+            if len(gains) > 1:
+                out[name][f"{gain_key}_std"] = float(np.std(gains, ddof=1))
+        if cfg.bootstrap_samples and present:
             rows = shared.slices["test"][slice_name] if slice_name else slice(None)
-            _, low, high = metrics.auc_difference_ci(
-                test.labels[rows], model.test_scores[rows], base.test_scores[rows], n_boot=cfg.bootstrap_samples,
-                seed=cfg.seed, groups=test.columns["request_id"][rows] if "request_id" in test.columns else None)
-            out[f"{gain_key}_ci_low"], out[f"{gain_key}_ci_high"] = low, high
+            intervals = metrics.auc_difference_cis(
+                test.labels[rows], {name: m.test_scores[rows] for name, m in present.items()},
+                base.test_scores[rows], n_boot=cfg.bootstrap_samples, seed=cfg.seed,
+                groups=test.columns["request_id"][rows] if "request_id" in test.columns else None)
+            for name, (_, low, high) in intervals.items():
+                out[name][f"{gain_key}_ci_low"], out[name][f"{gain_key}_ci_high"] = low, high
     return out
 
 

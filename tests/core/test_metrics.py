@@ -324,6 +324,22 @@ def test_auc_difference_ci_is_paired():
         metrics.auc_difference_ci(y, p_model, p_base[:-1])
 
 
+def test_auc_difference_cis_of_several_models_equal_each_model_alone():
+    # The baseline's resample AUCs are shared, nothing else: every model's interval is the one it gets alone.
+    rng = np.random.default_rng(23)
+    n = 2_000
+    groups = np.repeat(np.arange(n // 4), 4)
+    y = (rng.random(n) < 0.15).astype(int)
+    base = np.round(0.3 * y + rng.random(n), 2)
+    models = {"a": np.round(0.6 * y + rng.random(n), 2), "b": 0.2 * y + rng.random(n), "same": base}
+    together = metrics.auc_difference_cis(y, models, base, n_boot=40, seed=5, groups=groups)
+    assert together == {name: metrics.auc_difference_ci(y, p, base, n_boot=40, seed=5, groups=groups)
+                        for name, p in models.items()}
+    assert together["same"] == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="p"):
+        metrics.auc_difference_cis(y, {"short": models["a"][:-1]}, base)
+
+
 def test_bootstrap_ci_drops_undefined_resamples():
     # with 3 rows about 1/3 of the resamples are one-class (auc raises): they are dropped, not fatal
     lo, hi = metrics.bootstrap_ci(metrics.auc, [1, 0, 0], [0.3, 0.2, 0.1], n_boot=200)
