@@ -3,6 +3,7 @@ set written by `python -m ranking.prepare` the same way for every library."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -33,3 +34,22 @@ def metrics(y, p) -> dict:
 
     p = np.clip(np.asarray(p, np.float64).reshape(-1), 1e-7, 1 - 1e-7)
     return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, p))}
+
+
+def rate(examples: int, seconds: float, vocab: dict[str, int]) -> dict:
+    """A throughput run's result: examples trained, seconds, examples/s and the vocabulary's size."""
+    return {"examples": examples, "seconds": seconds, "examples_per_s": examples / seconds,
+            "vocabulary": int(sum(vocab.values()))}
+
+
+def main(accuracy, throughput) -> None:
+    """A runner's command line, `<folder> <seed> [--throughput EPOCHS] [--threads N]`: one JSON line on stdout,
+    accuracy(folder, seed) or, with --throughput, throughput(folder, seed, epochs, threads)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("--throughput", type=int, default=0, metavar="EPOCHS")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(json.dumps(throughput(args.folder, args.seed, args.throughput, args.threads) if args.throughput else
+                     accuracy(args.folder, args.seed)))

@@ -10,8 +10,6 @@ compiled and the inputs are numpy arrays before it starts).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -19,7 +17,7 @@ import time
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import metrics, read_fold  # noqa: E402
+from common import main, metrics, rate, read_fold  # noqa: E402
 
 EMBEDDING_DIM, HIDDEN, CROSS = 16, (256, 128), 3  # the protocol every library runs (benchmarks/ctr_bench.py)
 
@@ -80,16 +78,8 @@ def throughput(folder: str, seed: int, epochs: int, threads: int) -> dict:
     started = time.perf_counter()
     model.fit(x, y, batch_size=4096, epochs=epochs, verbose=0)
     seconds = time.perf_counter() - started
-    return {"examples": epochs * len(train), "seconds": seconds, "examples_per_s": epochs * len(train) / seconds,
-            "vocabulary": int(sum(vocab.values()))}
+    return rate(epochs * len(train), seconds, vocab)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("folder")
-    parser.add_argument("seed", type=int)
-    parser.add_argument("--throughput", type=int, default=0, metavar="EPOCHS")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    print(json.dumps(throughput(args.folder, args.seed, args.throughput, args.threads) if args.throughput else
-                     accuracy(args.folder, args.seed)))
+    main(accuracy, throughput)

@@ -19,8 +19,6 @@ only: the model is built and the batches' tensors made before it starts).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -28,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import metrics, read_fold  # noqa: E402
+from common import main, metrics, rate, read_fold  # noqa: E402
 
 EPOCHS, BATCH, EMBEDDING_DIM = 4, 128, 16  # the protocol every library runs (benchmarks/ctr_bench.py)
 
@@ -127,16 +125,8 @@ def throughput(folder: str, seed: int, epochs: int, threads: int) -> dict:
         for batch in batches:
             model.train_step(batch)
     seconds = time.perf_counter() - started
-    return {"examples": epochs * len(train), "seconds": seconds, "examples_per_s": epochs * len(train) / seconds,
-            "vocabulary": int(sum(vocab.values()))}
+    return rate(epochs * len(train), seconds, vocab)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("folder")
-    parser.add_argument("seed", type=int)
-    parser.add_argument("--throughput", type=int, default=0, metavar="EPOCHS")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    print(json.dumps(throughput(args.folder, args.seed, args.throughput, args.threads) if args.throughput else
-                     accuracy(args.folder, args.seed)))
+    main(accuracy, throughput)
