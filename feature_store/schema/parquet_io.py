@@ -117,6 +117,7 @@ def write_table(table_name: str, data: Any, folder: str | os.PathLike, part: int
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """The columns worth dictionary-encoding: all but floats and lists of floats."""
     def floating(t: pa.DataType) -> bool:
-        return pa.types.is_floating(t) or (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and floating(t.value_type)
+        listed = pa.types.is_list(t) or pa.types.is_fixed_size_list(t)
+        return pa.types.is_floating(t) or listed and floating(t.value_type)
 
     return [f.name for f in schema if not floating(f.type)]
