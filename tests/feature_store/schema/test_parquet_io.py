@@ -71,6 +71,18 @@ def test_write_is_byte_deterministic(tmp_path):
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_float_and_embedding_columns_are_written_without_a_dictionary(tmp_path):
+    table = valid_table("product_embeddings", n=5)
+    path = write_table("product_embeddings", table, tmp_path)
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {row_group.column(i).path_in_schema: row_group.column(i).encodings
+                 for i in range(row_group.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"])
+    assert any("DICTIONARY" in e for e in encodings["model_version"])  # strings still get one
+    assert read_table("product_embeddings", tmp_path).column("embedding").to_pylist() == \
+        table.column("embedding").to_pylist()
+
+
 def test_write_rejects_invalid_data(tmp_path):
     with pytest.raises(SchemaError, match="label"):
         write_table("relevance", valid_table("relevance", label=[0, 1, 9]), tmp_path / "relevance")
